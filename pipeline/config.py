@@ -149,6 +149,10 @@ class PipelineConfig(BaseModel):
                 return stage
         raise ConfigError(f"no stage named {name!r}; stages are {', '.join(s.name for s in self.stages)}")
 
+    def config_hash(self) -> str:
+        """sha256 of the whole configuration (inputs, stages, run), for manifests."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
+
     def stage_hash(self, index: int) -> str:
         """Hash of everything that determines a stage's output: the inputs and every stage up
         to and including this one. A finished stage whose hash changed is stale."""

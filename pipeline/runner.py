@@ -447,6 +447,8 @@ class Runner:
         storage.write_json(tmp_dir / storage.STATS, st)
         (tmp_dir / storage.SUCCESS).write_text(_now() + "\n")
         storage.publish(tmp_dir, final_dir)
+        if (final_dir / "shards").is_dir():
+            storage.link(final_dir / "shards", self.run_dir / "shards")
         self.echo(summarise_stage(st))
         return st
 
@@ -481,7 +483,8 @@ class Runner:
             ds = materialize(ds, segment)
             segment += 1
             ctx = GlobalContext(work_dir=tmp_dir / "_work" / f"{op.label}", batch_size=batch_size, analyze=analyze,
-                                num_cpus=num_cpus, stage_name=stage.name)
+                                num_cpus=num_cpus, stage_name=stage.name, output_dir=tmp_dir,
+                                run_dir=self.run_dir, config_sha256=self.config.config_hash())
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             ds = get_executor(op.name)(op, ds, ctx)

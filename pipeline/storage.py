@@ -118,3 +118,12 @@ def publish(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
         remove_tree(old)
     else:
         os.replace(tmp_dir, final_dir)
+
+
+def link(target: str | os.PathLike, link_path: str | os.PathLike) -> None:
+    """Point `link_path` at `target` (relative symlink), replacing an older link."""
+    target, link_path = Path(target), Path(link_path)
+    tmp = link_path.with_name(f".{link_path.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, link_path.parent), tmp)
+    os.replace(tmp, link_path)

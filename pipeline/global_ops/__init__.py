@@ -46,6 +46,11 @@ class GlobalContext:
     analyze: bool
     num_cpus: int  # CPUs of the cluster, for choosing partition counts
     stage_name: str
+    # The stage's (temporary) folder: files an executor writes here, such as token shards,
+    # are published with the stage. A `shards/` folder is linked as RUN/shards.
+    output_dir: Path
+    run_dir: Path
+    config_sha256: str  # hash of the whole pipeline config, for manifests
     extra: dict[str, Any] = field(default_factory=dict)  # executor statistics for stats.json
 
     @property
