@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -52,8 +53,8 @@ SHINGLE_MULTIPLIER = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
 # Unicode classes (RE2 syntax, as pyarrow.compute uses it).
 PUNCT_SYMBOL = r"[\p{P}\p{S}]"
-CJK_CHAR = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]"
 CJK_LANGS = ("zh", "ja", "ko", "yue", "wuu", "lzh")
+SCRIPT_SAMPLE_CHARS = 256
 
 # Reasons written to `reject_reason`.
 REASON_EXACT = "duplicate"
@@ -126,7 +127,8 @@ class MinHashParams(SurvivorParams):
     word_ngram: int = Field(5, ge=1, le=32)
     char_ngram: int = Field(5, ge=1, le=64)
     cjk_ratio: float = Field(0.3, ge=0.0, le=1.0,
-                             description="auto without a language: character shingles from this share of CJK characters on")
+                             description="auto without a language: character shingles from this share of CJK "
+                                         "characters on (in the first 256 characters)")
     lowercase: bool = True
     digits: Literal["keep", "zero"] = "keep"
     min_tokens: int = Field(1, ge=1, description="documents with fewer words/characters are not compared")
@@ -234,14 +236,74 @@ def shingle_hash(shingle: Sequence[str]) -> int:
     return _fmix64_int(acc) >> 32
 
 
-def _normalize_for_shingles(texts: pa.Array, params: MinHashParams, char_mode: bool) -> pa.Array:
+def _normalize_for_shingles(texts: pa.Array, params: MinHashParams) -> pa.Array:
+    """Word mode: lowercase, digits, punctuation and symbols to spaces (then split)."""
     if params.lowercase:
         texts = pc.utf8_lower(texts)
     if params.digits == "zero":
         texts = pc.replace_substring_regex(texts, r"\d", "0")
-    if char_mode:
-        return pc.replace_substring_regex(texts, r"[\p{P}\p{S}\s]+", "")
     return pc.replace_substring_regex(texts, PUNCT_SYMBOL, " ")
+
+
+def _codepoints(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """All characters of a batch as one uint32 array, and the characters per document."""
+    counts = pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64)
+    joined = "".join(texts.to_pylist())
+    return np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32), counts
+
+
+@functools.lru_cache(maxsize=4)
+def _char_tables(lowercase: bool, zero_digits: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Character mode normalization as lookup tables over the Basic Multilingual Plane:
+    what each character becomes (lowercase, digits to 0) and whether it is kept (not
+    punctuation, symbol, separator, control or format). Built once per process, so a batch
+    is normalized without a regex pass."""
+    mapped = np.arange(0x10000, dtype=np.uint32)
+    keep = np.ones(0x10000, dtype=bool)
+    for code in range(0x10000):
+        keep[code], mapped[code] = _char_rule(code, lowercase, zero_digits)
+    return mapped, keep
+
+
+def _char_rule(code: int, lowercase: bool, zero_digits: bool) -> tuple[bool, int]:
+    char = chr(code)
+    category = unicodedata.category(char)
+    keep = category[0] not in "PSZ" and category not in ("Cc", "Cf", "Cs")
+    if lowercase:
+        lower = char.lower()
+        if len(lower) == 1:
+            code = ord(lower)
+    if zero_digits and unicodedata.decimal(char, None) is not None:
+        code = ord("0")
+    return keep, code
+
+
+def _char_tokens(texts: pa.Array, params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
+    """Character mode tokens (codepoints after normalization) and tokens per document."""
+    codepoints, counts = _codepoints(texts)
+    mapped_table, keep_table = _char_tables(params.lowercase, params.digits == "zero")
+    astral = codepoints >= 0x10000
+    bmp = np.where(astral, 0, codepoints)
+    mapped, keep = mapped_table[bmp], keep_table[bmp]
+    if astral.any():
+        for code in np.unique(codepoints[astral]).tolist():
+            where = codepoints == code
+            kept, new = _char_rule(code, params.lowercase, params.digits == "zero")
+            keep[where], mapped[where] = kept, new
+    doc_of = np.repeat(np.arange(len(counts)), counts)
+    return mapped[keep], np.bincount(doc_of[keep], minlength=len(counts)).astype(np.int64)
+
+
+# Han (with extensions and compatibility ideographs), kana and hangul.
+_CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
+               (0x20000, 0x3134F))
+
+
+def _is_cjk(codepoints: np.ndarray) -> np.ndarray:
+    hit = np.zeros(len(codepoints), dtype=bool)
+    for low, high in _CJK_RANGES:
+        hit |= (codepoints >= low) & (codepoints <= high)
+    return hit
 
 
 def uses_char_shingles(texts: pa.Array, langs: pa.Array | None, params: MinHashParams) -> np.ndarray:
@@ -249,9 +311,11 @@ def uses_char_shingles(texts: pa.Array, langs: pa.Array | None, params: MinHashP
     n = len(texts)
     if params.shingle != "auto":
         return np.full(n, params.shingle == "char")
-    cjk = pc.count_substring_regex(texts, CJK_CHAR).to_numpy(zero_copy_only=False).astype(np.float64)
-    chars = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
-    by_ratio = (cjk > 0) & (cjk >= params.cjk_ratio * chars)
+    # The opening characters decide: documents rarely change script after their first few
+    # hundred characters, and counting over them is cheap.
+    codepoints, counts = _codepoints(pc.utf8_slice_codeunits(texts, 0, SCRIPT_SAMPLE_CHARS))
+    cjk = np.bincount(np.repeat(np.arange(n), counts), weights=_is_cjk(codepoints), minlength=n)
+    by_ratio = (cjk > 0) & (cjk >= params.cjk_ratio * counts)
     if langs is None or langs.null_count == len(langs):
         return by_ratio
     primary = pc.utf8_lower(pc.replace_substring_regex(pc.fill_null(langs, ""), r"[-_].*", ""))
@@ -261,9 +325,11 @@ def uses_char_shingles(texts: pa.Array, langs: pa.Array | None, params: MinHashP
 
 
 def _tokens(text: str, params: MinHashParams, char_mode: bool) -> list[str]:
-    normalized = _normalize_for_shingles(pa.array([text], pa.string()), params, char_mode)
-    # The batch kernel's own splitting, so both agree on what whitespace is.
-    return list(normalized[0].as_py()) if char_mode else pc.utf8_split_whitespace(normalized)[0].as_py()
+    """One document's tokens through the batch kernels' own normalization and splitting."""
+    texts = pa.array([text], pa.string())
+    if char_mode:
+        return [chr(c) for c in _char_tokens(texts, params)[0].tolist()]
+    return pc.utf8_split_whitespace(_normalize_for_shingles(texts, params))[0].as_py()
 
 
 def shingles(text: str, params: MinHashParams, char_mode: bool | None = None,
@@ -300,15 +366,22 @@ def _word_token_hashes(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return uniq[encoded.indices.to_numpy()], counts
 
 
-def _char_token_hashes(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    counts = pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64)
-    joined = "".join(texts.to_pylist())
-    if not joined:
-        return np.zeros(0, np.uint64), counts
-    codepoints = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
-    uniq, inverse = np.unique(codepoints, return_inverse=True)
-    hashes = _hash_unique([chr(c) for c in uniq.tolist()])
-    return hashes[inverse], counts
+@functools.lru_cache(maxsize=1)
+def _bmp_char_hashes() -> np.ndarray:
+    """t(c) for every character of the Basic Multilingual Plane, computed once per process:
+    character tokens then hash by table lookup."""
+    return np.fromiter((xxhash.xxh3_64_intdigest(chr(c).encode("utf-8", "surrogatepass")) for c in range(0x10000)),
+                       dtype=np.uint64, count=0x10000)
+
+
+def _char_token_hashes(codepoints: np.ndarray) -> np.ndarray:
+    table = _bmp_char_hashes()
+    astral = codepoints >= 0x10000
+    hashes = table[np.where(astral, 0, codepoints)]
+    if astral.any():
+        uniq, inverse = np.unique(codepoints[astral], return_inverse=True)
+        hashes[astral] = _hash_unique([chr(c) for c in uniq.tolist()])[inverse]
+    return hashes
 
 
 def _combine_shingles(tokens: np.ndarray, counts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -349,30 +422,42 @@ def _combine_shingles(tokens: np.ndarray, counts: np.ndarray, n: int) -> tuple[n
     return hashes, per_doc
 
 
-def shingle_hashes(texts: pa.Array, char_mode: np.ndarray, params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
-    """H of every shingle of every document (concatenated in document order) and the number
-    of shingles per document; both shingle kinds in one batch."""
-    n_docs = len(texts)
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+def _shingle_hashes_by_mode(texts: pa.Array, char_mode: np.ndarray,
+                            params: MinHashParams) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, shingle hashes, shingles per row) for the word-shingled and the
+    character-shingled documents of a batch."""
+    parts = []
     for mode in (False, True):
         rows = np.flatnonzero(char_mode == mode)
         if len(rows) == 0:
             continue
-        subset = texts.take(pa.array(rows)) if len(rows) < n_docs else texts
-        normalized = _normalize_for_shingles(subset, params, mode)
-        tokens, counts = _char_token_hashes(normalized) if mode else _word_token_hashes(normalized)
+        subset = texts.take(pa.array(rows)) if len(rows) < len(texts) else texts
+        if mode:
+            codepoints, counts = _char_tokens(subset, params)
+            tokens = _char_token_hashes(codepoints)
+        else:
+            tokens, counts = _word_token_hashes(_normalize_for_shingles(subset, params))
         hashes, per_doc = _combine_shingles(tokens, counts, params.char_ngram if mode else params.word_ngram)
         parts.append((rows, hashes, per_doc))
-    if len(parts) == 1:
-        return parts[0][1], parts[0][2]
+    return parts
+
+
+def shingle_hashes(texts: pa.Array, char_mode: np.ndarray, params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
+    """H of every shingle of every document, concatenated in document order, and the number
+    of shingles per document."""
+    n_docs = len(texts)
+    parts = _shingle_hashes_by_mode(texts, char_mode, params)
     per_doc = np.zeros(n_docs, dtype=np.int64)
-    pieces: list[list[np.ndarray]] = [[] for _ in range(n_docs)]
-    for rows, hashes, counts in parts:
+    for rows, _, counts in parts:
         per_doc[rows] = counts
-        for row, piece in zip(rows, np.split(hashes, np.cumsum(counts)[:-1])):
-            pieces[row].append(piece)
-    flat = [p for doc in pieces for p in doc]
-    return (np.concatenate(flat) if flat else np.zeros(0, np.uint32)), per_doc
+    out = np.empty(int(per_doc.sum()), dtype=np.uint32)
+    offsets = np.cumsum(per_doc) - per_doc
+    for rows, hashes, counts in parts:
+        # Where each shingle of these rows goes in document order.
+        local_starts = np.cumsum(counts) - counts
+        within = np.arange(len(hashes)) - np.repeat(local_starts, counts)
+        out[np.repeat(offsets[rows], counts) + within] = hashes
+    return out, per_doc
 
 
 # --------------------------------------------------------------------------- MinHash
@@ -448,8 +533,12 @@ def signatures(texts: pa.Array, langs: pa.Array | None, params: MinHashParams) -
         langs = langs.combine_chunks()
     texts = pc.fill_null(texts, "")
     char_mode = uses_char_shingles(texts, langs, params)
-    hashes, per_doc = shingle_hashes(texts, char_mode, params)
-    return minhash_signatures(hashes, per_doc, params), per_doc
+    sigs = np.full((len(texts), params.num_perm), np.uint32(0xFFFFFFFF), dtype=np.uint32)
+    per_doc = np.zeros(len(texts), dtype=np.int64)
+    for rows, hashes, counts in _shingle_hashes_by_mode(texts, char_mode, params):
+        sigs[rows] = minhash_signatures(hashes, counts, params)
+        per_doc[rows] = counts
+    return sigs, per_doc
 
 
 # --------------------------------------------------------------------------- LSH
