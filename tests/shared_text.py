@@ -120,4 +120,5 @@ def udhr_bytes(data: Path, member: str) -> bytes:
 
 def udhr(data: Path, lang: str) -> str:
     member, encoding = UDHR_FILES[lang]
-    return udhr_bytes(data, member).decode(encoding)
+    # Some files in the zip end inside a multi-byte character.
+    return udhr_bytes(data, member).decode(encoding, errors="replace").rstrip("\ufffd")
