@@ -30,6 +30,7 @@ from pydantic import Field
 from operators._text import count_regex, ratio, script_stats
 from operators.base import Filter, Outcome, Params, Resources, set_column, text_column
 from operators.registry import register
+from operators.rules import Rule
 from pipeline.errors import KilnError
 
 MODEL_FILE = "lid.176.ftz"
@@ -89,6 +90,16 @@ class LanguageId(Filter):
 
     name = "language_id"
     Params = LanguageIdParams
+    rules = (
+        Rule("lang_not_kept", "keep", "lang", "flag", "language not in `keep`"),
+        Rule("low_lang_score", "min_score", "stat.lang_score", "min",
+             "probability of the top language below this (or its `min_score_by_lang`)"),
+        Rule("", None, "stat.han_ratio", "measure", "Han characters over non-space characters"),
+        Rule("", None, "stat.latin_ratio", "measure", "Latin letters over non-space characters"),
+        Rule("", "line_level", "stat.lang_share_<code>", "measure",
+             "share of characters in lines of each `share_langs` language, `stat.lang_share_other`, "
+             "`stat.lang_secondary_share`"),
+    )
     resources: ClassVar[Resources] = Resources(num_cpus=1)
 
     def setup(self) -> None:

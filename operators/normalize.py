@@ -28,6 +28,7 @@ from pydantic import Field
 from operators._text import HAN_RE2, count_regex, document_langs, lang_mask
 from operators.base import Mapper, Outcome, Params, set_column, text_column
 from operators.registry import register
+from operators.rules import Rule
 
 # Full-width punctuation that NFKC would turn into ASCII, kept as is in Chinese text.
 CJK_PUNCTUATION = "，！？：；（）～"
@@ -53,9 +54,9 @@ BLANK_LINES = re.compile(r"\n{3,}")
 PRIVATE_USE = re.compile("[\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd]")
 # Emoji: pictographs with their modifiers, joiners, variation selectors and flag letters.
 EMOJI = regex.compile(r"[\p{Extended_Pictographic}\U0001F1E6-\U0001F1FF\U0001F3FB-\U0001F3FF\uFE0F\u200D\u20E3]+")
-# Other symbols (arrows, box drawing, dingbats, stars) and modifier symbols, keeping the
-# degree signs that measurements need.
-SYMBOLS = regex.compile(r"[[\p{So}\p{Sk}]--[°℃℉]]", flags=regex.V1)
+# Other symbols (box drawing, dingbats, stars), arrows and modifier symbols, keeping the
+# degree signs that measurements need; math and currency symbols stay.
+SYMBOLS = regex.compile(r"[[\p{So}\p{Sk}\u2190-\u21ff]--[°℃℉]]", flags=regex.V1)
 # Full-width ASCII letters and digits, and the ideographic space: safe to fold to ASCII (NFKC
 # does this too; this table does it when `form` is NFC or none).
 FULLWIDTH_ALNUM = {**{c: c - 0xFEE0 for c in range(0xFF10, 0xFF1A)},
@@ -75,16 +76,16 @@ def nfkc_keep_cjk_punctuation(text: str, form: str = "NFKC") -> str:
 
 
 class NormalizeParams(Params):
-    form: Literal["NFKC", "NFC", "none"] = "NFKC"
-    keep_cjk_punctuation: bool = True
-    fullwidth_alnum: bool = True
-    remove_control: bool = True
-    remove_invisible: bool = True
-    remove_private_use: bool = True
-    remove_emoji: bool = False
-    remove_symbols: bool = False
-    collapse_whitespace: bool = True
-    max_blank_lines: int = 1
+    form: Literal["NFKC", "NFC", "none"] = Field("NFKC", description="Unicode normal form")
+    keep_cjk_punctuation: bool = Field(True, description="keep ，！？：；（）～ full width under NFKC")
+    fullwidth_alnum: bool = Field(True, description="full-width letters, digits and space to ASCII (NFKC does it already)")
+    remove_control: bool = Field(True, description="remove C0/C1 control characters except tab and newline")
+    remove_invisible: bool = Field(True, description="remove zero-width, bidi and format characters, BOM, soft hyphen")
+    remove_private_use: bool = Field(True, description="remove private-use code points")
+    remove_emoji: bool = Field(False, description="remove emoji with their modifiers and joiners")
+    remove_symbols: bool = Field(False, description="remove other and modifier symbols and arrows (keeps °, math, currency)")
+    collapse_whitespace: bool = Field(True, description="one space for runs of spaces; trim lines and the text")
+    max_blank_lines: int = Field(1, description="blank lines kept between paragraphs (-1: any)")
 
 
 @register
@@ -95,6 +96,7 @@ class Normalize(Mapper):
 
     name = "normalize"
     Params = NormalizeParams
+    rules = (Rule("empty", None, "stat.chars_removed", "edit", "nothing left after normalization"),)
 
     def normalize(self, text: str) -> str:
         p = self.params
@@ -169,6 +171,7 @@ class FixEncoding(Mapper):
 
     name = "fix_encoding"
     Params = FixEncodingParams
+    rules = (Rule("", None, "stat.encoding_fixed", "edit", "repairs mojibake with ftfy.fix_encoding"),)
 
     def map(self, batch: pa.Table) -> pa.Table:
         import ftfy
@@ -213,7 +216,7 @@ class StripMarkupParams(Params):
     drop_elements: list[str] = Field(
         default=["script", "style", "noscript", "head", "template", "svg", "iframe"],
         description="elements removed with their content")
-    unescape_entities: bool = True
+    unescape_entities: bool = Field(True, description="decode entities (`&amp;`, `&#3;`, `&nbsp;`) once tags are gone")
 
 
 @register
@@ -228,6 +231,8 @@ class StripMarkup(Mapper):
 
     name = "strip_markup"
     Params = StripMarkupParams
+    rules = (Rule("markup_only", None, "stat.markup_chars_removed", "edit",
+                  "removes tags, comments, entities; rejects a document that was only markup"),)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -299,6 +304,7 @@ class TraditionalToSimplified(Mapper):
 
     name = "traditional_to_simplified"
     Params = TraditionalToSimplifiedParams
+    rules = (Rule("", None, "stat.t2s_chars_changed", "edit", "traditional to simplified Chinese with OpenCC"),)
 
     def map(self, batch: pa.Table) -> pa.Table:
         texts = text_column(batch)

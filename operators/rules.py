@@ -68,6 +68,27 @@ from operators.base import (
 )
 from operators.registry import register
 
+# --------------------------------------------------------------------------- rule specs
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One named rule: the reason it rejects with (or, for removal rules, the name its counts
+    go under), the parameter holding its threshold or switch (None: always on), the
+    statistic it writes, and what it does: `min` rejects below the threshold, `max` above,
+    `flag` rejects when the switch is on and the statistic is above 0, `remove` removes the
+    offending line or sentence, `edit` changes text (and rejects with `reason`, if any,
+    what ends up empty), `measure` only records the statistic. The README's rule table is
+    generated from these."""
+
+    reason: str
+    param: str | None
+    stat: str
+    bound: Literal["min", "max", "flag", "remove", "edit", "measure"]
+    doc: str
+    level: str = "document"
+
+
 # --------------------------------------------------------------------------- length
 
 
@@ -91,6 +112,10 @@ class LengthFilter(Filter):
 
     name = "length_filter"
     Params = LengthParams
+    rules = (
+        Rule("too_short", "min_chars", "stat.chars", "min", "fewer characters than this"),
+        Rule("too_long", "max_chars", "stat.chars", "max", "more characters than this"),
+    )
 
     def compute(self, batch: pa.Table) -> pa.Table:
         return set_column(batch, "stat.chars", pc.utf8_length(batch.column("text")).cast(pa.int64()))
@@ -104,19 +129,6 @@ class LengthFilter(Filter):
 
 
 # --------------------------------------------------------------------------- rule machinery
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One named rule: the reason it rejects with, the parameter holding its threshold, the
-    statistic it reads, and how it compares (`min`: reject below, `max`: reject above,
-    `flag`: reject when the parameter is true and the statistic is above 0)."""
-
-    reason: str
-    param: str
-    stat: str
-    bound: Literal["min", "max", "flag"]
-    doc: str
 
 
 def merge_stat(batch: pa.Table, name: str, values: np.ndarray, applies: np.ndarray,
@@ -258,8 +270,9 @@ class GopherQualityParams(Params):
     max_ellipsis_line_ratio: float | None = Field(0.3, ge=0)
     min_alpha_word_ratio: float | None = Field(0.8, ge=0)
     min_stopwords: int | None = Field(2, ge=0)
-    stopwords: list[str] = Field(default=list(ENGLISH_STOPWORDS))
-    segmenter: Segmenter = "rjieba"
+    stopwords: list[str] = Field(default=list(ENGLISH_STOPWORDS),
+                                 description="stop words for `min_stopwords` (Gopher's eight)")
+    segmenter: Segmenter = Field("rjieba", description="Chinese word segmenter: rjieba (jieba in Rust) or jieba")
 
 
 def _word_stats(docs, wanted: set[str], stopwords: frozenset[str]) -> dict[str, np.ndarray]:
@@ -342,8 +355,9 @@ class ChineseQualityParams(Params):
     min_han_ratio: float | None = Field(0.2, ge=0)
     min_zh_punct_ratio: float | None = Field(None, ge=0)
     max_zh_punct_ratio: float | None = Field(0.8, ge=0)
-    stopwords: list[str] = Field(default=list(CHINESE_STOPWORDS))
-    segmenter: Segmenter = "rjieba"
+    stopwords: list[str] = Field(default=list(CHINESE_STOPWORDS),
+                                 description="Chinese function words (a list written for kiln)")
+    segmenter: Segmenter = Field("rjieba", description="Chinese word segmenter: rjieba (jieba in Rust) or jieba")
 
 
 @register
@@ -412,7 +426,7 @@ class GopherRepetitionParams(Params):
     max_dup_9gram_char_ratio: float | None = Field(0.11, ge=0)
     max_dup_10gram_char_ratio: float | None = Field(0.10, ge=0)
     ngram_min_words: int = Field(30, ge=0, description="documents with fewer words skip the n-gram rules")
-    segmenter: Segmenter = "rjieba"
+    segmenter: Segmenter = Field("rjieba", description="Chinese word segmenter: rjieba (jieba in Rust) or jieba")
 
 
 _TOP_NS = (2, 3, 4)
@@ -609,8 +623,8 @@ JAVASCRIPT_PHRASES = (r"javascript",)
 
 TERMINAL = (".", "!", "?", '"', "'", "。", "！", "？", "”", "’", "」", "』", "…", ")", "）", ":", "：")
 # Sentence ends: Chinese and ASCII terminal punctuation (with closing quotes), an ASCII period
-# before whitespace, or a newline; trailing spaces stay with the sentence.
-SENTENCE_END = re.compile(r"(?:[。！？!?；;]+[”’」』\"')）]*|…+[”’」』\"')）]*|\.(?=\s)|\n)[ \t]*")
+# before whitespace, or a newline; trailing spaces and one newline stay with the sentence.
+SENTENCE_END = re.compile(r"(?:(?:[。！？!?；;]+[”’」』\"')）]*|…+[”’」』\"')）]*|\.(?=\s))[ \t]*\n?|\n)")
 BLANK_RUNS = re.compile(r"\n{3,}")
 HAN_ANY = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 LATIN_WORD = re.compile(r"[A-Za-z0-9]+")
@@ -620,24 +634,29 @@ def _any_of(phrases: Sequence[str]) -> re.Pattern:
     return re.compile("|".join(f"(?:{p})" for p in phrases), re.IGNORECASE | re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class LineRule:
-    reason: str   # rule name, used in stat columns and the reject detail
-    param: str    # Params field switching it on
-    doc: str
-
-
+_UNIT_STAT = "stat.<unit>_removed_"
 LINE_RULES = (
-    LineRule("javascript", "javascript", "mentions javascript (C4)"),
-    LineRule("long_word", "max_word_chars", "holds a run of more than this many characters without space or Han (C4: 1000)"),
-    LineRule("policy", "policy", "cookie, privacy-policy, terms-of-use notices"),
-    LineRule("copyright", "copyright", "copyright footers (©, Copyright, 版权所有, 转载请注明, ICP备)"),
-    LineRule("share", "share_buttons", "share buttons (Share on, Tweet this, 分享到)"),
-    LineRule("click_here", "click_here", "click here, read more, 点击这里, 阅读全文"),
-    LineRule("navigation", "navigation", "menus and navigation (Home | News | …, 上一篇, 返回首页)"),
-    LineRule("zh_ads", "zh_ads", "Chinese ads and spam (加微信, QQ群, 扫码, 点击下载, 代开发票)"),
-    LineRule("no_terminal_punct", "terminal_punct", "does not end in terminal punctuation (C4)"),
-    LineRule("few_words", "min_words", "fewer words than this (Han characters count one each; C4: 3)"),
+    Rule("javascript", "javascript", _UNIT_STAT + "javascript", "remove", "mentions javascript (C4)", "sentence"),
+    Rule("long_word", "max_word_chars", _UNIT_STAT + "long_word", "remove",
+         "holds a run of more than this many characters without space or Han (C4: 1000)", "sentence"),
+    Rule("policy", "policy", _UNIT_STAT + "policy", "remove",
+         "cookie, privacy-policy, terms-of-use notices", "sentence"),
+    Rule("copyright", "copyright", _UNIT_STAT + "copyright", "remove",
+         "copyright footers (©, Copyright, 版权所有, 转载请注明, ICP备)", "sentence"),
+    Rule("share", "share_buttons", _UNIT_STAT + "share", "remove",
+         "share buttons (Share on, Tweet this, 分享到)", "sentence"),
+    Rule("click_here", "click_here", _UNIT_STAT + "click_here", "remove",
+         "click here, read more, 点击这里, 阅读全文", "sentence"),
+    Rule("navigation", "navigation", _UNIT_STAT + "navigation", "remove",
+         "menus and navigation (Home | News | …, 上一篇, 返回首页)", "sentence"),
+    Rule("zh_ads", "zh_ads", _UNIT_STAT + "zh_ads", "remove",
+         "Chinese ads and spam (加微信, QQ群, 扫码, 点击下载, 代开发票)", "sentence"),
+    Rule("no_terminal_punct", "terminal_punct", _UNIT_STAT + "no_terminal_punct", "remove",
+         "does not end in terminal punctuation (C4)", "sentence"),
+    Rule("few_words", "min_words", _UNIT_STAT + "few_words", "remove",
+         "fewer words than this (Han characters count one each; C4: 3)", "sentence"),
+    Rule("all_<unit>_removed", None, "stat.<unit>_removed", "edit",
+         "every line or sentence was removed: the document is rejected (detail: counts per rule)"),
 )
 _PHRASES = {
     "javascript": JAVASCRIPT_PHRASES, "policy": POLICY_PHRASES, "copyright": COPYRIGHT_PHRASES,
@@ -650,7 +669,8 @@ _SHORT_UNIT_RULES = frozenset({"policy", "copyright", "share", "click_here", "na
 
 
 class LineFilterParams(Params):
-    split: Literal["lines", "sentences"] = "sentences"
+    split: Literal["lines", "sentences"] = Field(
+        "sentences", description="unit removed: sentences (split at 。！？!?; and '. ', and at line ends) or whole lines")
     javascript: bool = True
     max_word_chars: int | None = Field(1000, ge=1)
     policy: bool = True
@@ -661,7 +681,8 @@ class LineFilterParams(Params):
     zh_ads: bool = True
     terminal_punct: bool = False
     min_words: int | None = Field(None, ge=1)
-    phrase_max_chars: int = Field(200, ge=1)
+    phrase_max_chars: int = Field(
+        200, ge=1, description="phrase rules (policy ... zh_ads) only remove units up to this many characters")
 
 
 @register
@@ -674,12 +695,12 @@ class LineFilter(Mapper):
 
     name = "line_filter"
     Params = LineFilterParams
-    line_rules = LINE_RULES
+    rules = LINE_RULES
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        self.enabled = [r for r in LINE_RULES if getattr(p, r.param) not in (None, False)]
+        self.enabled = [r for r in LINE_RULES if r.param is not None and getattr(p, r.param) not in (None, False)]
         phrases = [phrase for r in self.enabled if r.reason in _PHRASES for phrase in _PHRASES[r.reason]]
         self.long_word = None
         if p.max_word_chars is not None:

@@ -122,3 +122,22 @@ def udhr(data: Path, lang: str) -> str:
     member, encoding = UDHR_FILES[lang]
     # Some files in the zip end inside a multi-byte character.
     return udhr_bytes(data, member).decode(encoding, errors="replace").rstrip("\ufffd")
+
+
+SINICA_PREFIX = re.compile(r"^#\d+:\d+\.\[\d+\]\s*")
+
+
+def sinica_sentences(data: Path, limit: int | None = None) -> list[str]:
+    """Traditional Chinese sentences from the Sinica treebank (Taiwan), spaces between words
+    removed."""
+    with zipfile.ZipFile(data / "nltk_data_corpora" / "packages" / "corpora" / "sinica_treebank.zip") as z:
+        raw = z.read("sinica_treebank/raw").decode("utf-8")
+    out = []
+    for line in raw.splitlines():
+        text = SINICA_PREFIX.sub("", line).replace(" ", "")
+        text = re.sub(r"_\d+:", "", text)
+        if len(text) >= 6:
+            out.append(text)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
