@@ -33,3 +33,27 @@ test: setup  ## run the test suite
 
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
+
+# --------------------------------------------------------------------------- cleaning rules
+.PHONY: clean-shared bench bench-env bench-clean
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.kiln-bench-clean
+
+clean-shared: setup  ## clean real text from ../shared/data (configs/pipeline/clean.yaml)
+	$(KILN) run configs/pipeline/clean.yaml
+
+bench-env: $(BENCH_STAMP)  ## .venv-bench: the peer tools the benchmarks compare against
+
+$(BENCH_STAMP):
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --upgrade pip
+	# datatrove gets its own environment: it replaces the `fasttext` module and pins xxhash<4.
+	# Its word tokenizers need spaCy (blank models, nothing downloaded) and jieba for Chinese.
+	$(BENCH_VENV)/bin/pip install 'datatrove[processing]==0.10.1' 'spacy>=3.7' 'jieba>=0.42'
+	touch $@
+
+# All benchmarks; other benchmarks add their target as a prerequisite here.
+bench: bench-clean  ## run every benchmark
+
+bench-clean: setup bench-env  ## cleaning rules vs datatrove Gopher + C4 filters (docs/s per core)
+	$(PY) benchmarks/bench_clean.py

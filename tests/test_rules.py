@@ -460,7 +460,7 @@ def test_clean_stage_end_to_end(shared_data, run_config, tmp_path):
         "markup": ("<div><br/><span></span></div>", "strip_markup", "markup_only"),
         "lorem": (GOOD_EN + " Lorem ipsum dolor sit amet.", "text_quality", "lorem_ipsum"),
         "boiler": ("Share on Facebook\nClick here to subscribe.", "line_filter", "all_sentences_removed"),
-        "dups": ("\n\n".join([GOOD_EN] * 4), "gopher_repetition", "dup_para_ratio"),
+        "dups": ("\n\n".join([GOOD_EN] * 4), "gopher_repetition", "dup_line_ratio"),
     }
     records += [{"id": key, "text": text} for key, (text, _, _) in planted.items()]
     path = tmp_path / "docs.jsonl"
