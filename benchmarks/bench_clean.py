@@ -37,10 +37,15 @@ BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 
 def datatrove_worker(path: str, lang: str, repeat: int) -> dict:
     from datatrove.data import Document
-    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
     from datatrove.utils.word_tokenizers import SpaCyTokenizer
 
-    texts = [json.loads(line)["text"] for line in open(path, encoding="utf-8")]
+    with open(path, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
     # datatrove's language table maps zh to a spaCy tokenizer without the jieba segmenter;
     # SpaCyTokenizer("zh") itself sets jieba, the segmentation kiln uses too.
     tokenizer = SpaCyTokenizer(lang)
@@ -82,7 +87,13 @@ def load_sets(n: int) -> dict[str, tuple[str, list[str]]]:
 
 
 def kiln_configs():
-    from operators.rules import ChineseQuality, GopherQuality, GopherRepetition, LineFilter, TextQuality
+    from operators.rules import (
+        ChineseQuality,
+        GopherQuality,
+        GopherRepetition,
+        LineFilter,
+        TextQuality,
+    )
 
     return {
         # Everything in README "Cleaning rules" that judges documents or removes sentences.

@@ -262,7 +262,9 @@ def ngram_char_fractions(analysis: DocAnalysis, top_ns: tuple[int, ...],
 class AnalysisCache:
     """Per-process cache of DocAnalysis keyed by (language, segmenter, text)."""
 
-    def __init__(self, max_chars: int = 64 << 20) -> None:
+    # Enough for the batches of a stage (a 1024-document batch of web text is a few million
+    # characters); the word lists it holds take several times the text's memory.
+    def __init__(self, max_chars: int = 16 << 20) -> None:
         self.max_chars = max_chars
         self._entries: dict[tuple[str, str, str], DocAnalysis] = {}
         self._chars = 0

@@ -110,7 +110,7 @@ def test_fix_encoding_repairs_mojibake_of_real_text(shared_data):
 
 
 def test_fix_encoding_leaves_clean_text_alone(shared_data):
-    texts = clue_docs(shared_data, 100) + [udhr(shared_data, "fr")[:2000], udhr(shared_data, "de")[:2000]]
+    texts = [*clue_docs(shared_data, 100), udhr(shared_data, "fr")[:2000], udhr(shared_data, "de")[:2000]]
     texts += list(EDGE_CASES.values())
     out = run_operators([FixEncoding()], table(texts))
     assert texts_of(out) == texts

@@ -8,7 +8,6 @@ edge cases, the README rule table against the code, and one end-to-end run.
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,9 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from shared_text import (  # noqa: E402
+from shared_text import (
     bbc_articles,
     chnsenticorp,
     clue_docs,
@@ -27,10 +24,10 @@ from shared_text import (  # noqa: E402
     weibo_posts,
 )
 
-from operators import registry  # noqa: E402
-from operators import _text as text_module  # noqa: E402
-from operators.base import WOULD_REJECT, run_operators, split_rejected  # noqa: E402
-from operators.rules import (  # noqa: E402
+from operators import _text as text_module
+from operators import registry
+from operators.base import WOULD_REJECT, run_operators, split_rejected
+from operators.rules import (
     ChineseQuality,
     GopherQuality,
     GopherRepetition,
