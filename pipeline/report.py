@@ -39,6 +39,7 @@ from pipeline.report_data import (
     labels_of,
     numeric_values,
     read_columns,
+    row_groups_of,
     schema_of,
     stat_columns,
     take_rows,
@@ -195,10 +196,24 @@ def _rejected_examples(stage_dir: Path, per_reason: int, max_chars: int, seed: i
     frequent = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()),
                       key=lambda kv: (-kv[1], kv[0]))[:MAX_REASONS_WITH_EXAMPLES]
     rng = np.random.default_rng(seed)
+    # Text is read a whole row group at a time, so examples are drawn from row groups
+    # already chosen for another reason where the reason occurs there: a stage with forty
+    # reasons then reads a few row groups of text, not forty.
+    group_of = row_groups_of(files, len(labels))
+    opened: set[int] = set()
     chosen: dict[str, list[int]] = {}
     for label, _ in frequent:
         rows = np.flatnonzero(pc.equal(labels, label).to_numpy(zero_copy_only=False))
-        chosen[label] = sorted(rng.choice(rows, size=min(per_reason, len(rows)), replace=False).tolist())
+        in_opened = rows[np.isin(group_of[rows], list(opened))]
+        pool = in_opened if len(in_opened) >= min(per_reason, len(rows)) else rows
+        if pool is rows:
+            first = rng.choice(rows)
+            pool = rows[group_of[rows] == group_of[first]]
+            if len(pool) < per_reason:
+                pool = rows
+        picked = rng.choice(pool, size=min(per_reason, len(pool)), replace=False)
+        opened.update(group_of[picked].tolist())
+        chosen[label] = sorted(picked.tolist())
     positions = sorted(p for rows in chosen.values() for p in rows)
     table = take_rows(files, positions, ["id", "text", "source", "lang", REJECT_DETAIL])
     rows = dict(zip(positions, table.to_pylist()))
@@ -216,7 +231,7 @@ def _dedup_section(stage: dict[str, Any], label: str, extra: dict[str, Any]) -> 
     sizes = []
     for size, n in raw.items():
         try:
-            sizes.append((int(size), int(n)))
+            sizes.append((int(str(size).rstrip("+")), int(n)))  # "100+": the open last class
         except (TypeError, ValueError):
             continue
     sizes.sort()

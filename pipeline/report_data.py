@@ -153,6 +153,14 @@ def labels_of(column: pa.ChunkedArray) -> np.ndarray:
     return filled.to_numpy(zero_copy_only=False).astype(object) if len(column) else np.zeros(0, dtype=object)
 
 
+def row_groups_of(files: Sequence[str], rows: int) -> np.ndarray:
+    """For each of the first `rows` positions of the files read in order, the number of the
+    row group (counted across files) that holds it."""
+    metas = [pq.ParquetFile(f).metadata for f in files]
+    sizes = [meta.row_group(g).num_rows for meta in metas for g in range(meta.num_row_groups)]
+    return np.repeat(np.arange(len(sizes)), sizes)[:rows]
+
+
 def take_rows(files: Sequence[str], indices: Iterable[int], columns: Sequence[str]) -> pa.Table:
     """Rows at the given positions of the files read one after the other (positions count
     across files in order), reading only the row groups that hold them. Rows come back in

@@ -148,7 +148,10 @@ def evaluate(folder: str | os.PathLike, where: str, options: EvalOptions) -> dic
     positions = np.sort(rng.choice(total, size=size, replace=False))
     measured = {name: col for name, (col, _) in CRITERIA.items() if col in schema.names}
     sample = take_rows(files, positions, ["id", "source", "lang", *measured.values()])
-    langs = sample.column("lang").to_pylist() if "lang" in sample.column_names else [None] * size
+    def values_of(name: str) -> list[Any]:
+        return sample.column(name).to_pylist() if name in sample.column_names else [None] * size
+
+    langs = values_of("lang")
     result["sample"] = size
     unqualified = np.zeros(size, dtype=bool)
     reasons: list[list[str]] = [[] for _ in range(size)]
@@ -189,8 +192,7 @@ def evaluate(folder: str | os.PathLike, where: str, options: EvalOptions) -> dic
     random_rows = rng.choice(size, size=min(5, size), replace=False).tolist()
     examples_needed.update(dict.fromkeys(random_rows))
     texts = _texts(files, positions, sorted(examples_needed), options.max_chars)
-    ids = sample.column("id").to_pylist()
-    sources = sample.column("source").to_pylist() if "source" in sample.column_names else [None] * size
+    ids, sources = values_of("id"), values_of("source")
 
     def doc(i: int, **more: Any) -> dict[str, Any]:
         return {"id": ids[i], "source": sources[i], "lang": langs[i], "text": texts.get(i, ""), **more}

@@ -116,6 +116,24 @@ def test_tally_counts_characters_from_stat_chars_or_text(tmp_path):
     assert t["source"] == {"a": [4, 21], "b": [2, 13]}
 
 
+def test_rejected_examples_read_few_row_groups(tmp_path):
+    from pipeline.report import _rejected_examples
+
+    n = 60
+    reasons = ["a", "b", "c"] * (n // 3)
+    table = pa.table({"id": [f"d{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)],
+                      "reject_op": ["rule"] * n, "reject_reason": reasons, "reject_detail": [None] * n})
+    (tmp_path / "rejected").mkdir()
+    pq.write_table(table, tmp_path / "rejected" / "p.parquet", row_group_size=6)
+    examples = _rejected_examples(tmp_path, per_reason=2, max_chars=100, seed=3)
+    assert sorted(examples) == ["rule/a", "rule/b", "rule/c"]
+    picked = [int(d["id"][1:]) for docs in examples.values() for d in docs]
+    assert len(picked) == 6 and len({i // 6 for i in picked}) == 1  # one row group of text read
+    for label, docs in examples.items():
+        assert all(reasons[int(d["id"][1:])] == label.split("/")[1] and d["text"] == f"text {d['id'][1:]}"
+                   for d in docs)
+
+
 def _hand_made_run(run_dir: Path) -> Path:
     """One stage written by hand: markup and CJK in text and source names."""
     stage = run_dir / "01-only"
@@ -181,7 +199,15 @@ def _text_chars(folder: Path) -> int:
     return int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0)
 
 
+def _strict_json(path: Path) -> dict:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{path} holds {constant}, which strict JSON readers reject")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def _check_page(path: Path) -> str:
+    _strict_json(path.parent / "report.json")
     page = path.read_text()
     for section in SECTION_IDS:
         assert f'<section id="{section}"' in page
@@ -236,7 +262,7 @@ def test_pipeline_run_report_matches_the_run(pipeline_run):
     assert len(examples) == 2 and all(len(d["text"]) < 60 for d in examples)
     page = _check_page(pipeline_run / "report" / "index.html")
     assert "Not in this run (4)" in page
-    assert json.loads((pipeline_run / "report" / "report.json").read_text())["funnel"] == funnel
+    assert _strict_json(pipeline_run / "report" / "report.json")["funnel"] == funnel
 
 
 @pytest.mark.ray
