@@ -229,15 +229,12 @@ def apply_operator(op: Operator, batch: pa.Table, *, analyze: bool = False) -> p
         active, inactive = batch.filter(mask), batch.filter(pc.invert(mask))
 
     if active.num_rows:
-        outcome = op.apply(active)
-        table = outcome.table
-        if table.num_rows != active.num_rows:
-            raise ValueError(
-                f"operator {op.label} returned {table.num_rows} rows for {active.num_rows}: "
-                "operators must keep every row and reject through reasons"
-            )
-        reasons = _as_string_array(outcome.reasons, table.num_rows)
-        details = _as_string_array(outcome.details, table.num_rows)
+        try:
+            table, reasons, details = _apply_checked(op, active)
+        except OperatorBug:
+            raise
+        except Exception:
+            table, reasons, details = _apply_row_by_row(op, active)
         if reasons is not None and reasons.null_count < len(reasons):
             table = _mark(table, op.label, reasons, details, analyze)
     else:
@@ -249,6 +246,55 @@ def apply_operator(op: Operator, batch: pa.Table, *, analyze: bool = False) -> p
     if inactive is None or inactive.num_rows == 0:
         return table
     return pa.concat_tables([table, inactive], promote_options="permissive")
+
+
+class OperatorBug(RuntimeError):
+    """An operator broke its contract or failed on every row: a bug or a broken setup, not
+    bad input, so the stage stops instead of rejecting everything."""
+
+
+ERROR_REASON = "error"
+
+
+def _apply_checked(op: Operator, batch: pa.Table) -> tuple[pa.Table, pa.Array | None, pa.Array | None]:
+    outcome = op.apply(batch)
+    table = outcome.table
+    if table.num_rows != batch.num_rows:
+        raise OperatorBug(
+            f"operator {op.label} returned {table.num_rows} rows for {batch.num_rows}: "
+            "operators must keep every row and reject through reasons"
+        )
+    return (table, _as_string_array(outcome.reasons, table.num_rows),
+            _as_string_array(outcome.details, table.num_rows))
+
+
+def _apply_row_by_row(op: Operator, batch: pa.Table) -> tuple[pa.Table, pa.Array, pa.Array]:
+    """The batch raised: run its rows one at a time so that only the documents the operator
+    cannot handle are rejected (reason `error`, the exception as detail)."""
+    parts, reasons, details = [], [], []
+    errors = 0
+    last_error: Exception | None = None
+    for i in range(batch.num_rows):
+        row = batch.slice(i, 1)
+        try:
+            table, reason, detail = _apply_checked(op, row)
+        except OperatorBug:
+            raise
+        except Exception as e:  # one document the operator cannot process
+            errors += 1
+            last_error = e
+            parts.append(row)
+            reasons.append(ERROR_REASON)
+            details.append(f"{type(e).__name__}: {e}"[:500])
+            continue
+        parts.append(table)
+        reasons.append(reason[0].as_py() if reason is not None else None)
+        details.append(detail[0].as_py() if detail is not None else None)
+    if errors == batch.num_rows and errors >= 8:
+        raise OperatorBug(f"operator {op.label} failed on all {errors} rows of a batch: "
+                          f"{type(last_error).__name__}: {last_error}") from last_error
+    table = pa.concat_tables(parts, promote_options="permissive")
+    return table, pa.array(reasons, pa.string()), pa.array(details, pa.string())
 
 
 def _mark(table: pa.Table, label: str, reasons: pa.Array, details: pa.Array | None,

@@ -20,3 +20,35 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (a fresh clone has no shared test text)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A small local Ray (2 CPUs, capped object store) shared by the session's tests.
+    Workers inherit PYTHONPATH so they import this checkout and test-local operators."""
+    import ray
+
+    paths = [str(REPO), str(REPO / "tests")]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=400 << 20, include_dashboard=False,
+                 logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def run_config(tmp_path, ray_local):
+    """Run a pipeline config given as a dict in a fresh run folder; returns (stats, run_dir)."""
+    from pipeline.config import parse_config
+    from pipeline.runner import RunRequest, run_pipeline
+
+    def run(data: dict, **request):
+        data = {**data, "run": {**data.get("run", {}), "output": str(tmp_path / "run")}}
+        config = parse_config(data)
+        stats = run_pipeline(config, RunRequest(progress=False, **request), echo=lambda _: None)
+        return stats, tmp_path / "run"
+
+    return run

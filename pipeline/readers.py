@@ -1,0 +1,342 @@
+"""Readers: jsonl, jsonl.gz/.zst/.bz2/.xz, parquet and plain text into document batches.
+
+Every physical record becomes a row. Records that cannot be used (malformed JSON, invalid
+UTF-8, a missing, non-string or empty text field, a document over `max_doc_bytes`, a
+truncated compressed stream) become rejected rows with `reject_op = "read"`, a reason, and a
+`reject_detail` naming file and line; valid rows of the same file go through. So stage 1's
+`docs_in` counts every record of the input and nothing is lost silently.
+
+Ids are stable across reruns: `<source>:<id field>` when the input names an id field, else
+`<source>:<file>:<line>` (jsonl, txt lines), `<source>:<file>:<row>` (parquet, 1-based) or
+`<source>:<file>` (one document per file).
+
+These are plain generators, used in process by `kiln verify` and tests, and wrapped in a Ray
+Datasource by the runner.
+"""
+
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import io
+import lzma
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators.base import REJECT_DETAIL, REJECT_OP, REJECT_REASON
+from pipeline.config import InputSpec
+from pipeline.errors import InputError
+
+READ_OP = "read"
+DOC_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("url", pa.string()),
+        ("meta", pa.string()),
+        (REJECT_OP, pa.string()),
+        (REJECT_REASON, pa.string()),
+        (REJECT_DETAIL, pa.string()),
+    ]
+)
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".text": "txt",
+           ".parquet": "parquet"}
+BATCH_ROWS = 4096
+BATCH_BYTES = 64 << 20
+# What a rejected row keeps of an unusable record, so the rejected set stays inspectable.
+MAX_REJECTED_TEXT = 1 << 20
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    relative: str  # stable name used in ids
+    format: str
+    compression: str | None
+    source: str
+    spec_index: int
+    size: int
+
+
+def _split_suffixes(path: str) -> tuple[str | None, str | None]:
+    name = os.path.basename(path).lower()
+    compression = None
+    for suffix, kind in COMPRESSIONS.items():
+        if name.endswith(suffix):
+            compression, name = kind, name[: -len(suffix)]
+            break
+    fmt = next((kind for suffix, kind in FORMATS.items() if name.endswith(suffix)), None)
+    return fmt, compression
+
+
+def _default_source(path: str) -> str:
+    name = os.path.basename(path)
+    while True:
+        stem, ext = os.path.splitext(name)
+        if not ext or ext.lower() not in {*COMPRESSIONS, *FORMATS}:
+            return name
+        name = stem
+
+
+def expand_inputs(specs: list[InputSpec]) -> list[InputFile]:
+    """Resolve each input's path (a file, a folder or a glob) to files, checking that they
+    exist, have a known format, and that parquet files hold the text column."""
+    files: list[InputFile] = []
+    for index, spec in enumerate(specs):
+        where = f"inputs[{index}].path"
+        if any(ch in spec.path for ch in "*?["):
+            matches = sorted(glob.glob(spec.path, recursive=True))
+            base = Path(spec.path.split("*")[0].split("?")[0].split("[")[0])
+            base = base if str(spec.path).endswith("/") or base.is_dir() else base.parent
+        elif os.path.isdir(spec.path):
+            base = Path(spec.path)
+            matches = sorted(str(p) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif os.path.exists(spec.path):
+            base = Path(spec.path).parent
+            matches = [spec.path]
+        else:
+            raise InputError(f"{where}: {spec.path} does not exist")
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise InputError(f"{where}: no files match {spec.path}")
+        for path in matches:
+            fmt, compression = _split_suffixes(path)
+            if spec.format != "auto":
+                fmt = spec.format
+            if fmt is None:
+                raise InputError(f"{where}: cannot tell the format of {path}; set inputs[{index}].format")
+            if fmt == "parquet":
+                _check_parquet(path, spec, index)
+            relative = os.path.relpath(path, base) if base != Path("") else path
+            files.append(InputFile(path=path, relative=relative, format=fmt, compression=compression,
+                                   source=spec.source or _default_source(path), spec_index=index,
+                                   size=os.path.getsize(path)))
+    return files
+
+
+def _check_parquet(path: str, spec: InputSpec, index: int) -> None:
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"inputs[{index}]: {path} is not a readable parquet file: {e}") from None
+    if spec.text_field not in schema.names:
+        raise InputError(f"inputs[{index}].text_field: {path} has no column {spec.text_field!r} "
+                         f"(columns: {', '.join(schema.names)})")
+
+
+def _open(file: InputFile) -> BinaryIO:
+    if file.compression == "gzip":
+        return gzip.open(file.path, "rb")
+    if file.compression == "bz2":
+        return bz2.open(file.path, "rb")
+    if file.compression == "xz":
+        return lzma.open(file.path, "rb")
+    if file.compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(file.path, "rb"), closefd=True)
+    return open(file.path, "rb")
+
+
+class _Batcher:
+    """Collects rows and emits tables of at most BATCH_ROWS rows or BATCH_BYTES of text."""
+
+    def __init__(self, batch_rows: int, batch_bytes: int) -> None:
+        self.batch_rows, self.batch_bytes = batch_rows, batch_bytes
+        self.columns: dict[str, list[Any]] = {name: [] for name in DOC_SCHEMA.names}
+        self.bytes = 0
+
+    def add(self, **row: Any) -> pa.Table | None:
+        for name, values in self.columns.items():
+            values.append(row.get(name))
+        self.bytes += len(row["text"] or "")
+        if len(self.columns["id"]) >= self.batch_rows or self.bytes >= self.batch_bytes:
+            return self.flush()
+        return None
+
+    def flush(self) -> pa.Table | None:
+        if not self.columns["id"]:
+            return None
+        table = pa.table(self.columns, schema=DOC_SCHEMA)
+        self.columns = {name: [] for name in DOC_SCHEMA.names}
+        self.bytes = 0
+        return table
+
+
+def _lookup(record: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    value: Any = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def _rejected_text(raw: bytes) -> str:
+    return raw[:MAX_REJECTED_TEXT].decode("utf-8", "replace")
+
+
+def _iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(io.BufferedReader(stream, 1 << 20) if not isinstance(stream, io.BufferedReader) else stream, 1):
+        yield number, line.rstrip(b"\r\n")
+
+
+def read_file(file: InputFile, spec: InputSpec, batch_rows: int = BATCH_ROWS,
+              batch_bytes: int = BATCH_BYTES) -> Iterator[pa.Table]:
+    """Yield document batches (DOC_SCHEMA) for one input file."""
+    batcher = _Batcher(batch_rows, batch_bytes)
+    if file.format == "parquet":
+        rows: Iterable[dict[str, Any]] = _parquet_rows(file, spec)
+    else:
+        rows = _stream_rows(file, spec)
+    for row in rows:
+        table = batcher.add(**row)
+        if table is not None:
+            yield table
+    table = batcher.flush()
+    if table is not None:
+        yield table
+
+
+def _reject(file: InputFile, where: str, reason: str, detail: str, text: str) -> dict[str, Any]:
+    return {"id": f"{file.source}:{where}", "text": text, "source": file.source,
+            REJECT_OP: READ_OP, REJECT_REASON: reason, REJECT_DETAIL: f"{file.path}{detail}"}
+
+
+def _stream_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    stream = _open(file)
+    line_number = 0
+    try:
+        if file.format == "txt" and spec.txt_mode == "file":
+            raw = stream.read()
+            yield from _text_record(file, spec, file.relative, "", raw)
+            return
+        if file.format == "txt" and spec.txt_mode == "paragraphs":
+            yield from _paragraph_rows(file, spec, stream)
+            return
+        for line_number, line in _iter_lines(stream):
+            if not line.strip():
+                continue  # blank lines separate records; they are not documents
+            where = f"{file.relative}:{line_number}"
+            if file.format == "txt":
+                yield from _text_record(file, spec, where, f":{line_number}", line)
+            else:
+                yield _json_record(file, spec, where, f":{line_number}", line)
+    except (EOFError, OSError, ValueError, lzma.LZMAError) as e:
+        # A truncated or corrupt compressed stream: what was read so far stands, the rest of
+        # the file is one rejected record saying where it broke.
+        where = f"{file.relative}:{line_number + 1}"
+        yield _reject(file, where, "corrupt_file", f":{line_number + 1}: cannot read past this line: {e}", "")
+    finally:
+        stream.close()
+
+
+def _paragraph_rows(file: InputFile, spec: InputSpec, stream: BinaryIO) -> Iterator[dict[str, Any]]:
+    lines: list[bytes] = []
+    first = 0
+    for number, line in _iter_lines(stream):
+        if line.strip():
+            if not lines:
+                first = number
+            lines.append(line)
+        elif lines:
+            yield from _text_record(file, spec, f"{file.relative}:{first}", f":{first}", b"\n".join(lines))
+            lines = []
+    if lines:
+        yield from _text_record(file, spec, f"{file.relative}:{first}", f":{first}", b"\n".join(lines))
+
+
+def _decode(file: InputFile, spec: InputSpec, where: str, detail: str, raw: bytes) -> tuple[str | None, dict | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        if spec.on_decode_error == "replace":
+            return raw.decode("utf-8", "replace"), None
+        return None, _reject(file, where, "invalid_utf8", f"{detail}: invalid UTF-8 at byte {e.start}", _rejected_text(raw))
+
+
+def _text_record(file: InputFile, spec: InputSpec, where: str, detail: str, raw: bytes) -> Iterator[dict[str, Any]]:
+    if len(raw) > spec.max_doc_bytes:
+        yield _reject(file, where, "too_large", f"{detail}: {len(raw):,} bytes > max_doc_bytes {spec.max_doc_bytes:,}",
+                      _rejected_text(raw))
+        return
+    text, rejected = _decode(file, spec, where, detail, raw)
+    if rejected is not None:
+        yield rejected
+        return
+    if not text.strip():
+        yield _reject(file, where, "empty_text", f"{detail}: empty text", text)
+        return
+    yield {"id": f"{file.source}:{where}", "text": text, "source": file.source, "lang": spec.lang}
+
+
+def _json_record(file: InputFile, spec: InputSpec, where: str, detail: str, line: bytes) -> dict[str, Any]:
+    if len(line) > spec.max_doc_bytes:
+        return _reject(file, where, "too_large", f"{detail}: {len(line):,} bytes > max_doc_bytes {spec.max_doc_bytes:,}",
+                       _rejected_text(line))
+    text, rejected = _decode(file, spec, where, detail, line)
+    if rejected is not None:
+        return rejected
+    try:
+        record = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        return _reject(file, where, "malformed_json", f"{detail}: {e}", text)
+    return _record_row(file, spec, where, detail, record, raw_text=text)
+
+
+def _record_row(file: InputFile, spec: InputSpec, where: str, detail: str, record: Any,
+                raw_text: str | None = None) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        return _reject(file, where, "not_an_object", f"{detail}: a record must be a JSON object", raw_text or repr(record))
+    doc_id = where
+    if spec.id_field:
+        found, value = _lookup(record, spec.id_field)
+        if found and value is not None and value != "":
+            doc_id = str(value)
+    found, text = _lookup(record, spec.text_field)
+    raw = raw_text if raw_text is not None else orjson.dumps(record, default=str).decode()
+    if not found or text is None:
+        return _reject(file, doc_id, "missing_text", f"{detail}: no {spec.text_field!r} field", raw)
+    if not isinstance(text, str):
+        return _reject(file, doc_id, "text_not_string", f"{detail}: {spec.text_field!r} is {type(text).__name__}", raw)
+    if not text.strip():
+        return _reject(file, doc_id, "empty_text", f"{detail}: empty {spec.text_field!r}", text)
+    if len(text.encode("utf-8")) > spec.max_doc_bytes:
+        return _reject(file, doc_id, "too_large", f"{detail}: text over max_doc_bytes {spec.max_doc_bytes:,}", text)
+    url = None
+    if spec.url_field:
+        found, url = _lookup(record, spec.url_field)
+        url = str(url) if found and url is not None else None
+    meta = None
+    if spec.keep_meta:
+        skip = {spec.text_field.split(".")[0], spec.id_field, spec.url_field}
+        rest = {k: v for k, v in record.items() if k not in skip}
+        meta = orjson.dumps(rest, default=str).decode() if rest else None
+    return {"id": f"{file.source}:{doc_id}", "text": text, "source": file.source, "lang": spec.lang,
+            "url": url, "meta": meta}
+
+
+def _parquet_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    parquet = pq.ParquetFile(file.path)
+    row = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            row += 1
+            yield _record_row(file, spec, f"{file.relative}:{row}", f":row {row}", record)
+
+
+def read_inputs(specs: list[InputSpec], batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """Every input, in process: for tests and `kiln verify`."""
+    for file in expand_inputs(specs):
+        yield from read_file(file, specs[file.spec_index], batch_rows)

@@ -1,0 +1,568 @@
+"""The Ray Data runner: stages of operators, written atomically, every document accounted for.
+
+One stage is one streaming Ray Data pass: read (the inputs for stage 1, the previous stage's
+`data/` otherwise), the operators in order, and a writer that sends kept rows to `data/` and
+rejected rows to `rejected/`, counting as it goes. A global operator splits a stage into
+segments: the rows so far are written to the stage's scratch folder, the operator's executor
+reads them (as often as it needs) and its output is written again before the stage goes on.
+
+Per-batch operators become `map_batches` calls: plain tasks (which Ray fuses), or an actor
+pool for operators with a `setup()` (models), with the CPUs, GPUs, memory and concurrency the
+operator declares or the config overrides. Only this package imports Ray.
+
+Reruns: a finished stage (its `_SUCCESS` written) is skipped while its configuration and its
+input are unchanged; a stage that runs makes every later stage stale.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from operators.base import (
+    REJECT_DETAIL,
+    REJECT_OP,
+    REJECT_REASON,
+    SECONDS_PREFIX,
+    Operator,
+    apply_operator,
+    set_column,
+    split_rejected,
+)
+from pipeline import stats as stats_lib
+from pipeline import storage
+from pipeline.config import PipelineConfig, StageSpec
+from pipeline.errors import KilnError, StageError
+from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
+
+log = logging.getLogger("kiln")
+BYTES_IN = "_kiln.bytes_in"
+TARGET_READ_BYTES = 128 << 20
+
+
+# --------------------------------------------------------------------------- Ray session
+
+
+def default_object_store_bytes() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return int(min(total * 0.25, 4 << 30))
+
+
+@dataclass
+class RaySession:
+    started_here: bool
+    num_cpus: int
+
+    def close(self) -> None:
+        if self.started_here:
+            import ray
+
+            ray.shutdown()
+
+
+def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: int | None = None,
+                progress: bool = True) -> RaySession:
+    """Start a local Ray with the configured CPUs and a capped object store, or join an
+    existing cluster when an address is given. Reuses a Ray already initialised in process."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        address = address or config.ray.address
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            else:
+                ray.init(
+                    num_cpus=num_cpus or config.ray.num_cpus or os.cpu_count(),
+                    object_store_memory=config.ray.object_store_memory or default_object_store_bytes(),
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                )
+        except ConnectionError as e:
+            raise KilnError(f"cannot reach the Ray cluster at {address}: {e}") from None
+        started = True
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = config.ray.preserve_order
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return RaySession(started_here=started, num_cpus=cpus)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Give a table exactly `schema`'s columns (missing ones null, types cast)."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            columns.append(column if column.type == field.type else column.cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _group_by_size(items: list[Any], sizes: list[int], target: int) -> list[list[Any]]:
+    groups: list[list[Any]] = []
+    current: list[Any] = []
+    current_size = 0
+    for item, size in zip(items, sizes):
+        if current and current_size + size > target:
+            groups.append(current)
+            current, current_size = [], 0
+        current.append(item)
+        current_size += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int) -> Iterator[pa.Table]:
+    for file, spec in group:
+        batches = read_file(file, spec, batch_rows)
+        while True:
+            started = time.perf_counter()
+            table = next(batches, None)
+            if table is None:
+                break
+            per_row = (time.perf_counter() - started) / max(1, table.num_rows)
+            yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
+
+
+def _read_parquet_group(group: list[str], schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
+    for path in group:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            yield conform(pa.Table.from_batches([batch]), schema)
+
+
+def _file_groups_dataset(groups: list[list[Any]], sizes: list[int], read: Callable[[list[Any]], Iterable[pa.Table]],
+                         schema: pa.Schema):
+    from ray.data import read_datasource
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class FileGroups(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(sizes)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[ReadTask]:
+            return [
+                ReadTask(functools.partial(read, group),
+                         BlockMetadata(num_rows=None, size_bytes=size, exec_stats=None, input_files=None),
+                         schema=schema)
+                for group, size in zip(groups, sizes)
+            ]
+
+        def get_name(self) -> str:
+            return "KilnRead"
+
+    return read_datasource(FileGroups())
+
+
+def read_inputs_dataset(config: PipelineConfig, num_cpus: int):
+    files = expand_inputs(config.inputs)
+    pairs = [(f, config.inputs[f.spec_index]) for f in files]
+    total = sum(f.size for f in files)
+    target = max(1 << 20, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
+    groups = _group_by_size(pairs, [f.size for f in files], target)
+    sizes = [sum(f.size for f, _ in g) for g in groups]
+    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size)
+    return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA)
+
+
+def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int):
+    """The parquet files of a folder as one Dataset with a unified schema."""
+    files = storage.parquet_files(folder)
+    if not files:
+        schema = DOC_SCHEMA
+        import ray.data
+
+        return ray.data.from_arrow(DOC_SCHEMA.empty_table())
+    schema = storage.unified_schema(files)
+    file_sizes = [os.path.getsize(f) * 3 for f in files]  # parquet compresses text about 3x
+    target = max(1 << 20, min(TARGET_READ_BYTES, sum(file_sizes) // max(1, 4 * num_cpus) + 1))
+    groups = _group_by_size(files, file_sizes, target)
+    sizes = [sum(os.path.getsize(f) * 3 for f in g) for g in groups]
+    read = functools.partial(_read_parquet_group, schema=schema, batch_rows=batch_rows)
+    return _file_groups_dataset(groups, sizes, read, schema)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _stage_start(batch: pa.Table) -> pa.Table:
+    """Count input bytes per row and make sure the reject columns exist."""
+    batch = set_column(batch, BYTES_IN, pc.binary_length(batch.column("text")).cast(pa.int64()))
+    for name in (REJECT_OP, REJECT_REASON, REJECT_DETAIL):
+        if name not in batch.column_names:
+            batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
+    return batch
+
+
+def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool):
+    from ray.data import Datasink
+
+    class StageSink(Datasink):
+        """Splits each block into kept and rejected rows, writes one parquet file of each per
+        write task (named by the task index, so a retried task overwrites its own files), and
+        returns the task's counts; the driver adds them up in `on_write_complete`."""
+
+        def __init__(self) -> None:
+            self.counts: dict[str, Any] = {}
+
+        def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+            counts: dict[str, Any] = {}
+            kept_parts, rejected_parts = [], []
+            for block in blocks:
+                table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+                block_counts = stats_lib.count_block(table)
+                if not count_would_reject:
+                    block_counts.pop("would_reject", None)
+                counts = stats_lib.merge(counts, block_counts)
+                kept, rejected = split_rejected(table)
+                if kept.num_rows:
+                    kept_parts.append(kept)
+                if rejected.num_rows:
+                    rejected_parts.append(rejected)
+            name = f"{prefix}-{ctx.task_idx:05d}.parquet"
+            if kept_parts:
+                storage.write_parquet_atomic(pa.concat_tables(kept_parts, promote_options="permissive"), data_dir / name)
+            if rejected_parts:
+                storage.write_parquet_atomic(pa.concat_tables(rejected_parts, promote_options="permissive"),
+                                             rejected_dir / name)
+            return counts
+
+        def on_write_complete(self, write_result: Any) -> None:
+            self.counts = stats_lib.merge(*write_result.write_returns) if write_result.write_returns else {}
+
+        def get_name(self) -> str:
+            return "KilnStageWrite"
+
+    return StageSink()
+
+
+# --------------------------------------------------------------------------- operators
+
+
+class _ActorOperator:
+    """Actor-side holder for an operator with a heavy setup(): built and set up once."""
+
+    def __init__(self, name: str, params: dict[str, Any], label: str, analyze: bool) -> None:
+        from operators import registry
+
+        self.op = registry.get(name)(params)
+        self.op.label = label
+        self.analyze = analyze
+        self.op.ensure_setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return apply_operator(self.op, batch, analyze=self.analyze)
+
+
+def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bool) -> Any:
+    from ray.data import ActorPoolStrategy
+
+    resources = spec.resources
+    num_cpus = resources.num_cpus if resources.num_cpus is not None else op.resources.num_cpus
+    num_gpus = resources.num_gpus if resources.num_gpus is not None else op.resources.num_gpus
+    memory = resources.memory if resources.memory is not None else op.resources.memory
+    kwargs: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": resources.batch_size or batch_size,
+                              "num_cpus": num_cpus}
+    if num_gpus:
+        kwargs["num_gpus"] = num_gpus
+    if memory:
+        kwargs["memory"] = memory
+    if op.needs_setup() or num_gpus:
+        return ds.map_batches(
+            _ActorOperator,
+            fn_constructor_kwargs={"name": op.name, "params": spec.params, "label": op.label, "analyze": analyze},
+            compute=ActorPoolStrategy(min_size=1, max_size=resources.concurrency or 1),
+            **kwargs,
+        )
+    if resources.concurrency:
+        kwargs["concurrency"] = resources.concurrency
+    return ds.map_batches(functools.partial(apply_operator, op, analyze=analyze), **kwargs)
+
+
+def _label_operators(stage: StageSpec) -> list[tuple[Operator, Any]]:
+    seen: dict[str, int] = {}
+    built = []
+    for spec in stage.ops:
+        op = spec.build()
+        seen[op.name] = seen.get(op.name, 0) + 1
+        op.label = op.name if seen[op.name] == 1 else f"{op.name}#{seen[op.name]}"
+        built.append((op, spec))
+    return built
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class RunRequest:
+    only_stage: str | None = None
+    until: str | None = None
+    redo: bool = False
+    analyze: bool = False
+    address: str | None = None
+    num_cpus: int | None = None
+    progress: bool = True
+
+
+def output_dir(config: PipelineConfig, analyze: bool) -> Path:
+    base = Path(config.run_dir)
+    return base / "analyze" if analyze else base
+
+
+def stage_dirs(config: PipelineConfig, analyze: bool = False) -> list[Path]:
+    base = output_dir(config, analyze)
+    return [base / storage.stage_folder_name(i, s.name) for i, s in enumerate(config.stages)]
+
+
+def _fresh(config: PipelineConfig, index: int, stage_dir: Path, upstream_run_id: str | None) -> dict[str, Any] | None:
+    """The stage's stats when it is finished and still matches config and input, else None."""
+    if not storage.is_finished(stage_dir):
+        return None
+    st = storage.read_json(stage_dir / storage.STATS)
+    if st.get("stage_hash") != config.stage_hash(index) or st.get("input_run_id") != upstream_run_id:
+        return None
+    return st
+
+
+def plan(config: PipelineConfig, request: RunRequest) -> list[tuple[int, str]]:
+    """Which stages run and why, as (index, reason); skipped stages are not listed."""
+    dirs = stage_dirs(config, request.analyze)
+    names = [s.name for s in config.stages]
+    for option in (request.only_stage, request.until):
+        if option is not None and option not in names:
+            raise KilnError(f"no stage named {option!r}; stages are {', '.join(names)}")
+    last = names.index(request.until) if request.until else len(names) - 1
+    first = 0
+    if request.only_stage:
+        first = last = names.index(request.only_stage)
+    upstream: str | None = None
+    runs: list[tuple[int, str]] = []
+    for i in range(0, last + 1):
+        st = _fresh(config, i, dirs[i], upstream)
+        if i < first:
+            if st is None:
+                raise KilnError(
+                    f"stage {request.only_stage!r} needs stage {names[i]!r} finished first: run "
+                    f"`kiln run CONFIG --until {request.only_stage}`"
+                )
+        elif request.redo:
+            runs.append((i, "redo requested"))
+        elif runs:
+            runs.append((i, f"its input, stage {names[runs[-1][0]]!r}, runs again"))
+        elif st is None:
+            reason = "not finished yet" if not storage.is_finished(dirs[i]) else "configuration or input changed"
+            runs.append((i, reason))
+        upstream = st["run_id"] if st else None
+    return runs
+
+
+class Runner:
+    def __init__(self, config: PipelineConfig, request: RunRequest, echo: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.request = request
+        self.echo = echo
+        self.run_dir = output_dir(config, request.analyze)
+        self.dirs = stage_dirs(config, request.analyze)
+
+    def run(self) -> dict[str, Any]:
+        expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
+        planned = plan(self.config, self.request)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in storage.clean_stale_tmp(self.run_dir):
+            self.echo(f"removed the unfinished stage folder {name} left by an interrupted run")
+        with open(self.run_dir / "config.yaml", "w") as f:
+            yaml.safe_dump(self.config.raw, f, allow_unicode=True, sort_keys=False)
+        planned_index = dict(planned)
+        names = [s.name for s in self.config.stages]
+        last = names.index(self.request.until) if self.request.until else len(names) - 1
+        for i in range(last + 1):
+            if i not in planned_index and storage.is_finished(self.dirs[i]):
+                self.echo(f"  skip {self.dirs[i].name}: finished (use --redo to run it again)")
+        if planned:
+            session = connect_ray(self.config, self.request.address, self.request.num_cpus, self.request.progress)
+            try:
+                for i, reason in planned:
+                    self._run_stage(i, reason, session.num_cpus)
+            finally:
+                session.close()
+                self.write_run_stats()
+        return self.write_run_stats()
+
+    def write_run_stats(self) -> dict[str, Any]:
+        stages = [storage.read_json(d / storage.STATS) for d in self.dirs if storage.is_finished(d)]
+        run_stats = {"run": self.config.run.name, "run_dir": str(self.run_dir), "analyze": self.request.analyze,
+                     "config": self.config.source_path, "updated": _now(), "stages": stages}
+        storage.write_json(self.run_dir / storage.STATS, run_stats)
+        return run_stats
+
+    def _run_stage(self, index: int, reason: str, num_cpus: int) -> dict[str, Any]:
+        stage = self.config.stages[index]
+        final_dir = self.dirs[index]
+        tmp_dir = self.run_dir / f"{storage.TMP_PREFIX}{final_dir.name}-{uuid.uuid4().hex[:8]}"
+        upstream = None
+        if index > 0:
+            upstream = storage.read_json(self.dirs[index - 1] / storage.STATS)["run_id"]
+        self.echo(f"> stage {final_dir.name} ({reason})")
+        started = time.time()
+        try:
+            counts, extra, labels = self._execute(index, stage, tmp_dir, num_cpus)
+        except KilnError:
+            storage.remove_tree(tmp_dir)
+            raise
+        except Exception as e:  # a failed Ray task, an operator bug: keep earlier stages, explain
+            storage.remove_tree(tmp_dir)
+            raise StageError(f"stage {final_dir.name} failed, nothing of it was kept (finished stages are): "
+                             f"{_root_cause(e)}") from e
+        seconds = time.time() - started
+        st = self._stage_stats(index, stage, counts, extra, labels, seconds, started, upstream)
+        storage.write_json(tmp_dir / storage.STATS, st)
+        (tmp_dir / storage.SUCCESS).write_text(_now() + "\n")
+        storage.publish(tmp_dir, final_dir)
+        if (final_dir / "shards").is_dir():
+            storage.link(final_dir / "shards", self.run_dir / "shards")
+        self.echo(summarise_stage(st))
+        return st
+
+    def _execute(self, index: int, stage: StageSpec, tmp_dir: Path, num_cpus: int):
+        from pipeline.global_ops import GlobalContext, get_executor
+
+        analyze = self.request.analyze
+        batch_size = self.config.ray.batch_size
+        ops = _label_operators(stage)
+        labels = ([(READ_OP, READ_OP, "reader")] if index == 0 else []) + [(op.label, op.name, op.kind) for op, _ in ops]
+        if index == 0:
+            ds = read_inputs_dataset(self.config, num_cpus)
+        else:
+            ds = read_stage_dataset(self.dirs[index - 1] / storage.DATA, batch_size, num_cpus)
+        ds = ds.map_batches(_stage_start, batch_format="pyarrow", batch_size=batch_size)
+        rejected_dir = tmp_dir / storage.REJECTED
+        sink_counts: list[dict[str, Any]] = []
+        extra: dict[str, Any] = {}
+
+        def materialize(dataset: Any, segment: int) -> Any:
+            work = tmp_dir / "_work" / f"segment-{segment}"
+            sink = _make_sink(work, rejected_dir, f"s{segment}", count_would_reject=False)
+            dataset.write_datasink(sink)
+            sink_counts.append(sink.counts)
+            return read_stage_dataset(work, batch_size, num_cpus)
+
+        segment = 0
+        for op, spec in ops:
+            if op.kind != "global":
+                ds = _map_operator(ds, op, spec, batch_size, analyze)
+                continue
+            ds = materialize(ds, segment)
+            segment += 1
+            ctx = GlobalContext(work_dir=tmp_dir / "_work" / f"{op.label}", batch_size=batch_size, analyze=analyze,
+                                num_cpus=num_cpus, stage_name=stage.name, output_dir=tmp_dir,
+                                run_dir=self.run_dir, config_sha256=self.config.config_hash())
+            ctx.work_dir.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            ds = get_executor(op.name)(op, ds, ctx)
+            ds = materialize(ds, segment)
+            segment += 1
+            ctx.extra["wall_seconds"] = round(time.perf_counter() - started, 3)
+            extra[op.label] = ctx.extra
+            sink_counts[-1].setdefault("seconds", {})[op.label] = ctx.extra["wall_seconds"]
+        final = _make_sink(tmp_dir / storage.DATA, rejected_dir, f"s{segment}", count_would_reject=True)
+        ds.write_datasink(final)
+        sink_counts.append(final.counts)
+        (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
+        rejected_dir.mkdir(parents=True, exist_ok=True)
+        storage.remove_tree(tmp_dir / "_work")
+        return sink_counts, extra, labels
+
+    def _stage_stats(self, index: int, stage: StageSpec, sink_counts: list[dict[str, Any]], extra: dict[str, Any],
+                     labels: list[tuple[str, str, str]], seconds: float, started: float,
+                     upstream: str | None) -> dict[str, Any]:
+        first, last = sink_counts[0], sink_counts[-1]
+        total = stats_lib.merge(*sink_counts)
+        rejected = dict(sorted(total.get("rejected", {}).items(), key=lambda kv: -kv[1]))
+        docs_in = int(first.get("rows", 0))
+        st = {
+            "name": stage.name,
+            "index": index,
+            "folder": self.dirs[index].name,
+            "stage_hash": self.config.stage_hash(index),
+            "run_id": uuid.uuid4().hex,
+            "input_run_id": upstream,
+            "analyze": self.request.analyze,
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+            "finished": _now(),
+            "seconds": round(seconds, 3),
+            "docs_in": docs_in,
+            "docs_out": int(last.get("kept", 0)),
+            "rejected_total": int(sum(rejected.values())),
+            "rejected": rejected,
+            "bytes_in": int(first.get("bytes_in", 0)),
+            "bytes_out": int(last.get("bytes_out", 0)),
+            "docs_per_s": round(docs_in / seconds, 1) if seconds > 0 else None,
+            "ops": stats_lib.op_rows(labels, docs_in, rejected, total.get("seconds", {}), self.request.analyze,
+                                     last.get("would_reject", {})),
+            "extra": extra,
+        }
+        if self.request.analyze:
+            st["would_reject"] = dict(sorted(last.get("would_reject", {}).items(), key=lambda kv: -kv[1]))
+        return st
+
+
+def summarise_stage(st: dict[str, Any]) -> str:
+    line = (f"  done {st['folder']}: {st['docs_in']:,} in -> {st['docs_out']:,} kept, "
+            f"{st['rejected_total']:,} rejected in {st['seconds']:.1f} s")
+    top = list(st["rejected"].items())[:6]
+    if top:
+        line += "\n      " + ", ".join(f"{k} {v:,}" for k, v in top)
+        if len(st["rejected"]) > len(top):
+            line += f", and {len(st['rejected']) - len(top)} more reasons"
+    if st.get("would_reject"):
+        line += "\n      would reject: " + ", ".join(f"{k} {v:,}" for k, v in list(st["would_reject"].items())[:6])
+    return line
+
+
+def _root_cause(error: BaseException) -> str:
+    cause = error
+    while True:
+        nested = getattr(cause, "cause", None) or cause.__cause__
+        if nested is None or nested is cause:
+            break
+        cause = nested
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_pipeline(config: PipelineConfig, request: RunRequest | None = None,
+                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+    return Runner(config, request or RunRequest(), echo).run()
