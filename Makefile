@@ -33,3 +33,9 @@ test: setup  ## run the test suite
 
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
+
+# --- demo corpus (kiln sample) ---------------------------------------------------------------
+DEMO_DATA := data/demo
+.PHONY: sample
+sample: setup  ## generate the demo corpus (raw files with planted noise, reference text, truth.jsonl) into data/demo
+	$(KILN) sample $(DEMO_DATA)
