@@ -62,6 +62,8 @@ HELDOUT_SHARE = 0.10
 # other document, well below the 0.7-0.8 at which near-duplicate detectors cluster.
 MAX_SENTENCE_JACCARD = 0.5
 MAX_TRIES = 400
+# Clean documents stay clear of the length filters a pipeline applies to short junk.
+MIN_CLEAN_CHARS = {"zh": 80, "en": 250}
 
 WEB, NEWS, FORUM, BOOKS = "web.jsonl.gz", "news.jsonl", "forum.txt", "books.parquet"
 FILES = (WEB, NEWS, FORUM, BOOKS)
@@ -265,7 +267,8 @@ class Generator:
             ids: list[int] = []
             for p, share in zip(chosen, shares):
                 ids += self.run_of(paragraphs[p].sentence_ids, share)
-            return tuple(ids)
+            long_enough = sum(self.lengths[i] for i in ids) >= MIN_CLEAN_CHARS[lang]
+            return tuple(ids) if long_enough else ()
 
         ids = self.distinct_sentences(choose, lang)
         return Doc(self.layout(ids, lang), lang, self.topic_of[ids[0]], [], sentence_ids=ids)
