@@ -50,6 +50,27 @@ bench-runner: setup  ## runner overhead: identity operators vs a plain pyarrow l
 clean-runs:  ## delete runs/ (pipeline outputs)
 	rm -rf runs
 
+# --- demo corpus (kiln sample) ---------------------------------------------------------------
+DEMO_DATA := data/demo
+.PHONY: sample
+sample: setup  ## generate the demo corpus (raw files with planted noise, reference text, truth.jsonl) into data/demo
+	$(KILN) sample $(DEMO_DATA)
+
+$(DEMO_DATA)/truth.jsonl: | setup
+	$(KILN) sample $(DEMO_DATA)
+
+# --- the demo pipeline: one target per stage of configs/pipeline/demo.yaml -----------------
+DEMO_CONFIG := configs/pipeline/demo.yaml
+DEMO_STAGES := normalize filter
+.PHONY: demo $(DEMO_STAGES)
+demo: setup $(DEMO_DATA)/truth.jsonl  ## the whole demo on the bundled sample: every stage, verify, report
+	$(KILN) run $(DEMO_CONFIG)
+	$(KILN) verify $(RUN)
+	@echo "demo run: $(RUN)"
+
+$(DEMO_STAGES): setup $(DEMO_DATA)/truth.jsonl  ## run the demo up to this stage (REDO=1 to run it again)
+	$(KILN) run $(DEMO_CONFIG) --until $@ $(if $(REDO),--redo)
+
 # ---------------------------------------------------------------------------- reports
 # `kiln report` writes RUN/report/index.html (one self-contained page) and report.json.
 # The page is checked in a real headless Chromium by tests/test_report_browser.py; `browser`
