@@ -76,6 +76,10 @@ def num(value: Any) -> str:
     return esc(value)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{num(count)} {noun}{'' if count == 1 else 's'}"
+
+
 def pct(value: float | None, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -583,8 +587,9 @@ def _stages(m: dict[str, Any]) -> str:
             parts.append(f"<details><summary>Statistics reported by {esc(label)}</summary>{body}</details>")
         for label, docs in (st.get("rejected_examples") or {}).items():
             count = st["rejected"].get(label)
-            parts.append(f"<details><summary>Rejected as <b>{esc(label)}</b>"
-                         f"{f' ({num(count)} documents)' if count else ''}: {len(docs)} examples</summary>"
+            how_many = f" ({plural(count, 'document')})" if count else ""
+            parts.append(f"<details><summary>Rejected as <b>{esc(label)}</b>{how_many}: "
+                         f"{plural(len(docs), 'example')}</summary>"
                          + "".join(_doc(d) for d in docs) + "</details>")
     parts.append("</section>")
     return "".join(parts)
