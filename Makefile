@@ -66,7 +66,7 @@ DEMO_STAGES := normalize filter
 demo: setup $(DEMO_DATA)/truth.jsonl  ## the whole demo on the bundled sample: every stage, verify, report
 	$(KILN) run $(DEMO_CONFIG)
 	$(KILN) verify $(RUN)
-	@echo "demo run: $(RUN)"
+	$(KILN) report $(RUN)
 
 $(DEMO_STAGES): setup $(DEMO_DATA)/truth.jsonl  ## run the demo up to this stage (REDO=1 to run it again)
 	$(KILN) run $(DEMO_CONFIG) --until $@ $(if $(REDO),--redo)
