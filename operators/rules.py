@@ -588,36 +588,53 @@ def _count(texts, pattern: str) -> np.ndarray:
 POLICY_PHRASES = (
     r"\bcookies?\b[^\n]{0,80}\b(?:use|uses|using|accept|policy|settings|consent|enable)\b",
     r"\b(?:use|uses|using|accept|enable)\b[^\n]{0,40}\bcookies?\b",
-    r"privacy (?:policy|notice|statement)", r"terms (?:of|and) (?:use|service|conditions)",
+    r"privacy (?:policy|notice|statement)",
+    r"(?:^|\b(?:our|the|these|site|website)\s)terms (?:of|and) (?:use|service|conditions)\b",
     r"隐私政策", r"隐私条款", r"使用条款", r"服务条款", r"用户协议", r"免责声明",
+    r"本文来源于网络", r"如有侵权", r"侵权请联系", r"版权归原作者",
 )
 NAVIGATION_PHRASES = (
     r"skip to (?:main )?content", r"back to top", r"jump to navigation", r"main menu",
     r"(?:previous|next) (?:post|article|page|story)", r"^home\s*[>»/|]",
-    r"上一篇", r"下一篇", r"上一页", r"下一页", r"返回首页", r"返回顶部", r"当前位置", r"网站导航",
-    r"^首页\s*[>»/|]",
+    r"^(?:menu|search|sign in|log in|sign up|subscribe|register|home)"
+    r"(?:\s*[|/·]?\s*(?:menu|search|sign in|log in|sign up|subscribe|register|home))+$",
+    r"^related (?:articles|posts|stories|links)\b", r"^posted in\b", r"\bleave a (?:comment|reply)\b",
+    r"^you are here\b",
+    r"^(?:上一篇|下一篇|上一页|下一页)", r"返回首页", r"返回顶部", r"当前位置", r"网站导航",
+    r"设为首页", r"加入收藏", r"^【?相关(?:阅读|文章|新闻)】?", r"^责任编辑[:：]", r"^首页\s*[>»/|]",
     # a menu: three or more short items separated by | • · » > ›
     r"^(?:[^|•·»>›\n]{1,24}\s[|•·»>›]\s){2,}[^|•·»>›\n]{1,24}$",
 )
 CLICK_HERE_PHRASES = (
-    r"\bclick here\b", r"\bclick to (?:read|view|see|download|subscribe)", r"\bread more\b",
-    r"\bcontinue reading\b", r"\blearn more\b",
+    r"\bclick here\b", r"\bclick to (?:read|view|see|download|subscribe)",
+    r"\b(?:read|learn) more\W*$", r"\bcontinue reading\W*$", r"\b(?:sign up|subscribe) (?:for|to) (?:our|the) newsletter\b",
     r"点击这里", r"点击此处", r"点此", r"点击查看", r"阅读全文", r"查看全文", r"查看更多", r"展开全文",
 )
 SHARE_PHRASES = (
-    r"\bshare (?:this|on|via|to)\b", r"\btweet this\b", r"\bfollow us on\b", r"\bpin it\b",
-    r"\bemail this\b", r"\bshare(?:s)?\s*$",
-    r"分享到", r"分享至", r"一键分享", r"转发到",
+    r"^share (?:this|on|via|to)\b", r"\bshare (?:on|via) (?:facebook|twitter|weibo|whatsapp|linkedin|email)\b",
+    r"\btweet this\b", r"\bfollow us on\b", r"\bpin it\b",
+    r"\bemail this\b", r"^share\W*$",
+    r"分享到", r"分享至", r"一键分享", r"转发到", r"扫一扫", r"关注我们的微信",
 )
 COPYRIGHT_PHRASES = (
-    r"©", r"\(c\)\s*\d{4}", r"\bcopyright", r"all rights reserved",
+    r"©", r"\(c\)\s*\d{4}", r"\bcopyright\s*(?:©|\(c\)|\d{4})", r"^copyright\b", r"all rights reserved",
     r"版权所有", r"版权归", r"未经(?:许可|授权|允许)[^\n]{0,12}(?:转载|复制|使用)", r"转载请注明", r"ICP备",
 )
 ZH_AD_PHRASES = (
-    r"加微信", r"加[Vv]信", r"加[Vv][Xx]?[:：\s]", r"微信号", r"[Vv][Xx][:：]", r"QQ群", r"QQ号",
+    r"加微信", r"加[Vv]信", r"加[Vv][Xx]?[:：\s]", r"微信号", r"[Vv][Xx][:：]", r"QQ群[:：]?\s*\d{5,}",
+    r"加入QQ群", r"QQ号[:：]?\s*\d{5,}",
     r"[Qq]{2}\s*[:：]?\s*\d{5,}", r"扫码", r"扫描二维码", r"长按识别", r"关注公众号", r"关注微信公众",
     r"点击下载", r"免费下载", r"立即下载", r"下载APP", r"领取优惠券", r"代开发票", r"咨询热线",
-    r"客服热线", r"招代理", r"诚招加盟", r"添加好友",
+    r"客服热线", r"招代理", r"诚招加盟", r"添加好友", r"微信[:：]?\s*[A-Za-z][A-Za-z0-9_-]{4,}", r"日结\d+",
+    r"招聘兼职", r"注册即送", r"免费领取", r"名额有限", r"先到先得", r"全网最低价", r"立即抢购", r"正品保证",
+    r"免费在线观看",
+)
+EN_SPAM_PHRASES = (
+    r"\bwork from home\b", r"\bearn \$\d+ (?:a|per) (?:day|hour|week)\b", r"\bbuy now\b",
+    r"\blimited time offer\b",
+    r"\bclaim your (?:prize|reward|gift)\b", r"\byou have been selected\b", r"\bno credit check\b",
+    r"\bloan approved\b", r"\bhot singles\b", r"\bonline casino\b", r"\blose \d+ (?:pounds|lbs|kg)\b",
+    r"\bcheap (?:watches|pills|viagra|replica)", r"\bunbeatable prices?\b", r"\b100% free\b",
 )
 JAVASCRIPT_PHRASES = (r"javascript",)
 
@@ -640,17 +657,19 @@ LINE_RULES = (
     Rule("long_word", "max_word_chars", _UNIT_STAT + "long_word", "remove",
          "holds a run of more than this many characters without space or Han (C4: 1000)", "sentence"),
     Rule("policy", "policy", _UNIT_STAT + "policy", "remove",
-         "cookie, privacy-policy, terms-of-use notices", "sentence"),
+         "cookie, privacy-policy, terms-of-use and reposting notices (如有侵权请联系删除)", "sentence"),
     Rule("copyright", "copyright", _UNIT_STAT + "copyright", "remove",
          "copyright footers (©, Copyright, 版权所有, 转载请注明, ICP备)", "sentence"),
     Rule("share", "share_buttons", _UNIT_STAT + "share", "remove",
-         "share buttons (Share on, Tweet this, 分享到)", "sentence"),
+         "share buttons (Share on, Tweet this, 分享到, 扫一扫)", "sentence"),
     Rule("click_here", "click_here", _UNIT_STAT + "click_here", "remove",
-         "click here, read more, 点击这里, 阅读全文", "sentence"),
+         "click here, read more, sign up for our newsletter, 点击这里, 阅读全文", "sentence"),
     Rule("navigation", "navigation", _UNIT_STAT + "navigation", "remove",
-         "menus and navigation (Home | News | …, 上一篇, 返回首页)", "sentence"),
+         "menus and navigation (Home | News | …, Posted in, Related articles, 上一篇, 设为首页, 责任编辑)", "sentence"),
     Rule("zh_ads", "zh_ads", _UNIT_STAT + "zh_ads", "remove",
          "Chinese ads and spam (加微信, QQ群, 扫码, 点击下载, 代开发票)", "sentence"),
+    Rule("en_spam", "en_spam", _UNIT_STAT + "en_spam", "remove",
+         "English spam (work from home, earn $, buy now, claim your prize, online casino)", "sentence"),
     Rule("no_terminal_punct", "terminal_punct", _UNIT_STAT + "no_terminal_punct", "remove",
          "does not end in terminal punctuation (C4)", "sentence"),
     Rule("few_words", "min_words", _UNIT_STAT + "few_words", "remove",
@@ -661,11 +680,11 @@ LINE_RULES = (
 _PHRASES = {
     "javascript": JAVASCRIPT_PHRASES, "policy": POLICY_PHRASES, "copyright": COPYRIGHT_PHRASES,
     "share": SHARE_PHRASES, "click_here": CLICK_HERE_PHRASES, "navigation": NAVIGATION_PHRASES,
-    "zh_ads": ZH_AD_PHRASES,
+    "zh_ads": ZH_AD_PHRASES, "en_spam": EN_SPAM_PHRASES,
 }
 _PHRASE_RES = {name: _any_of(phrases) for name, phrases in _PHRASES.items()}
 # Rules limited to short units (a long paragraph that mentions a privacy policy is content).
-_SHORT_UNIT_RULES = frozenset({"policy", "copyright", "share", "click_here", "navigation", "zh_ads"})
+_SHORT_UNIT_RULES = frozenset({"policy", "copyright", "share", "click_here", "navigation", "zh_ads", "en_spam"})
 
 
 class LineFilterParams(Params):
@@ -679,6 +698,7 @@ class LineFilterParams(Params):
     click_here: bool = True
     navigation: bool = True
     zh_ads: bool = True
+    en_spam: bool = True
     terminal_punct: bool = False
     min_words: int | None = Field(None, ge=1)
     phrase_max_chars: int = Field(

@@ -144,6 +144,7 @@ LINE_CASES = {
     "click_here": ({}, "Click here to subscribe to our newsletter."),
     "navigation": ({}, "Home | News | Sport | Weather"),
     "zh_ads": ({}, "加微信abc123了解详情。"),
+    "en_spam": ({}, "Work from home and earn $500 a day!"),
     "no_terminal_punct": ({"terminal_punct": True}, "A line without an end"),
     "few_words": ({"min_words": 3}, "Hi there."),
 }
