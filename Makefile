@@ -61,7 +61,7 @@ $(DEMO_DATA)/truth.jsonl: | setup
 
 # --- the demo pipeline: one target per stage of configs/pipeline/demo.yaml -----------------
 DEMO_CONFIG := configs/pipeline/demo.yaml
-DEMO_STAGES := normalize filter
+DEMO_STAGES := normalize filter dedup
 .PHONY: demo $(DEMO_STAGES)
 demo: setup $(DEMO_DATA)/truth.jsonl  ## the whole demo on the bundled sample: every stage, verify, report
 	$(KILN) run $(DEMO_CONFIG)
@@ -125,3 +125,12 @@ bench: bench-clean  # the cleaning benchmark is part of `make bench`
 
 bench-clean: setup bench-env  ## cleaning rules vs datatrove Gopher + C4 filters (docs/s per core)
 	$(PY) benchmarks/bench_clean.py
+
+# --------------------------------------------------------------------------- deduplication
+# rensa (a Rust MinHash, no dependencies) is compared against in the same process family, so
+# it goes into .venv itself; the benchmark skips it when it is missing.
+.PHONY: bench-dedup
+DEDUP_DOCS ?= 100000
+bench-dedup: setup  ## dedup: accuracy vs exact Jaccard, signatures/s, end to end vs datasketch and rensa (DEDUP_DOCS="100000 1000000")
+	$(PY) -c "import rensa" 2>/dev/null || $(VENV)/bin/pip install 'rensa==0.5.0'
+	$(PY) benchmarks/bench_dedup.py --accuracy --docs $(DEDUP_DOCS) --json bench-dedup.json

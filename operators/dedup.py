@@ -624,7 +624,8 @@ def normalize_for_exact(texts: pa.Array, params: ExactDedupParams) -> pa.Array:
     elif params.digits == "remove":
         texts = pc.replace_substring_regex(texts, r"\d+", "")
     if params.punctuation == "remove":
-        texts = pc.replace_substring_regex(texts, PUNCT_SYMBOL, "")
+        # To a space, so "1.62" and "1 . 62", or "end.Next" and "end. Next", agree.
+        texts = pc.replace_substring_regex(texts, PUNCT_SYMBOL, " ")
     if params.whitespace == "collapse":
         texts = pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, r"\s+", " "))
     elif params.whitespace == "remove":

@@ -49,6 +49,7 @@ from pipeline.global_ops import GlobalContext, global_executor, mark_rejected
 _NEW_PREFIX = "_kiln.new."
 # Rows per block the shuffles aim at (more partitions for bigger corpora).
 _ROWS_PER_PARTITION = 2_000_000
+_BYTES_PER_PARTITION = 256 << 20
 INDEX_FOLDER = "minhash_index"
 INDEX_META = "index.json"
 
@@ -72,8 +73,11 @@ def _ray_data():
     return ray.data
 
 
-def _partitions(ctx: GlobalContext, rows: int) -> int:
-    return max(ctx.num_partitions, math.ceil(rows / _ROWS_PER_PARTITION))
+def _partitions(ctx: GlobalContext, rows: int, row_bytes: int = 32) -> int:
+    """Partitions for a shuffle of `rows` rows of about `row_bytes` each: at least the
+    context's count, more for big inputs so that no block outgrows memory."""
+    return max(ctx.num_partitions, math.ceil(rows / _ROWS_PER_PARTITION),
+               math.ceil(rows * row_bytes / _BYTES_PER_PARTITION))
 
 
 def _checkpoint(ds: Any, path: Path, schema: pa.Schema, summarize: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -649,8 +653,9 @@ def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
     # of each edge meet in a shuffle by edge.
     sides = edges.map_batches(functools.partial(_endpoint_rows, num_perm=num_perm), batch_format="pyarrow")
     node_side = nodes.map_batches(functools.partial(_node_rows, num_perm=num_perm), batch_format="pyarrow")
-    joined = _shuffle_blocks(sides.union(node_side), ["node"], _partitions(ctx, docs_compared), _attach_signatures)
-    pairs = _shuffle_blocks(joined, ["a", "b"], _partitions(ctx, 2 * candidates),
+    joined = _shuffle_blocks(sides.union(node_side), ["node"],
+                             _partitions(ctx, docs_compared + 2 * candidates, 4 * num_perm + 64), _attach_signatures)
+    pairs = _shuffle_blocks(joined, ["a", "b"], _partitions(ctx, 2 * candidates, 4 * num_perm + 64),
                             functools.partial(_verify_pairs, num_perm=num_perm,
                                               threshold=params.threshold if params.verify else None))
     pairs, summary = _checkpoint(pairs, work / "pairs", PAIR_SCHEMA)
