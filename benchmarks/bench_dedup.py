@@ -210,7 +210,33 @@ def score(predicted_labels: list, true_pairs: set[tuple[int, int]]) -> dict:
     return out
 
 
-def accuracy_clough(work: Path, num_cpus: int, object_store: int) -> list[dict]:
+def local_clusters(ids: list[str], texts: list[str], params: kernels.MinHashParams) -> dict[str, str | None]:
+    """minhash_dedup's decisions computed in this process with the executor's own block
+    functions on one partition (the distributed run applies the same functions to hash
+    partitions, which does not change the result): id -> cluster (survivor id) or None."""
+    from pipeline.global_ops import dedup as executors
+
+    num_perm = params.num_perm
+    bands, rows = params.band_rows
+    sigs = executors._signature_rows(pa.table({"id": ids, "text": texts}), params)
+    edges = executors._bucket_edges(executors._band_rows(sigs, bands, rows, num_perm))
+    edges = executors._unique_pairs(edges, "a", "b")
+    joined = executors._attach_signatures(pa.concat_tables([executors._endpoint_rows(edges, num_perm),
+                                                            executors._node_rows(sigs, num_perm)]))
+    pairs = executors._verify_pairs(joined, num_perm, params.threshold if params.verify else None)
+    table = pa.table({"x": pairs.column("u"), "y": pairs.column("v")})
+    while True:
+        large = executors._large_star(executors._both_directions(table))
+        table, summary = executors._count_unstable(executors._small_star(executors._orient_larger_first(large)))
+        if summary["unstable"] == 0:
+            break
+    decisions = executors._cluster_decisions(table, params.threshold)
+    clusters: dict[str, str | None] = dict.fromkeys(ids)
+    clusters.update(zip(decisions.column("id").to_pylist(), decisions.column("dup_cluster").to_pylist()))
+    return clusters
+
+
+def accuracy_clough(work: Path, num_cpus: int, object_store: int, use_ray: bool) -> list[dict]:
     import csv
 
     folder = SHARED / "neardup_clough_stevenson" / "data"
@@ -223,9 +249,12 @@ def accuracy_clough(work: Path, num_cpus: int, object_store: int) -> list[dict]:
     rows = []
     for threshold in (0.8, 0.5):
         params = kernels.MinHashParams(threshold=threshold)
-        run_kiln(parquet, work / f"clough-{threshold}", {"threshold": threshold, "save_index": False},
-                 num_cpus, object_store)
-        clusters = kiln_clusters(work / f"clough-{threshold}")
+        if use_ray:
+            run_kiln(parquet, work / f"clough-{threshold}", {"threshold": threshold, "save_index": False},
+                     num_cpus, object_store)
+            clusters = kiln_clusters(work / f"clough-{threshold}")
+        else:
+            clusters = {f"bench:{k}": v for k, v in local_clusters(ids, texts, params).items()}
         predicted = [clusters[f"bench:{i}"] for i in ids]
         row = {"corpus": "clough_stevenson", "threshold": threshold, "docs": len(ids),
                **score(predicted, exact_jaccard_pairs(texts, params, threshold))}
@@ -240,13 +269,17 @@ def accuracy_clough(work: Path, num_cpus: int, object_store: int) -> list[dict]:
     return rows
 
 
-def accuracy_planted(work: Path, docs: int, num_cpus: int, object_store: int, pool) -> list[dict]:
+def accuracy_planted(work: Path, docs: int, num_cpus: int, object_store: int, pool, use_ray: bool) -> list[dict]:
     table = dedup_corpus.generate(docs, seed=1, pool=pool)
     parquet = work / f"planted-{docs}.parquet"
     dedup_corpus.write(table, parquet)
     params = kernels.MinHashParams()
-    run_kiln(parquet, work / "planted-run", {"save_index": False}, num_cpus, object_store)
-    clusters = kiln_clusters(work / "planted-run")
+    if use_ray:
+        run_kiln(parquet, work / "planted-run", {"save_index": False}, num_cpus, object_store)
+        clusters = kiln_clusters(work / "planted-run")
+    else:
+        clusters = {f"bench:{k}": v for k, v in local_clusters(table.column("id").to_pylist(),
+                                                                table.column("text").to_pylist(), params).items()}
     ids, texts, langs = (table.column(c).to_pylist() for c in ("id", "text", "lang"))
     predicted = [clusters[f"bench:{i}"] for i in ids]
     truth = exact_jaccard_pairs(texts, params, THRESHOLD)
@@ -415,6 +448,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, nargs="*", default=[100_000], help="end-to-end corpus sizes")
     parser.add_argument("--accuracy", action="store_true", help="also the accuracy tables")
     parser.add_argument("--accuracy-docs", type=int, default=4000)
+    parser.add_argument("--accuracy-on-ray", action="store_true",
+                        help="accuracy through `kiln run` instead of the same functions in one process")
     parser.add_argument("--throughput-docs", type=int, default=8000)
     parser.add_argument("--peers", nargs="*", default=["datasketch", "rensa"])
     parser.add_argument("--peer-max-docs", type=int, default=200_000,
@@ -432,8 +467,9 @@ def main() -> None:
                      "load_average_at_start": os.getloadavg()}
     pool = dedup_corpus.load_pool()
     if args.accuracy:
-        results["accuracy"] = accuracy_clough(args.work, args.num_cpus, args.object_store)
-        results["accuracy"] += accuracy_planted(args.work, args.accuracy_docs, args.num_cpus, args.object_store, pool)
+        results["accuracy"] = accuracy_clough(args.work, args.num_cpus, args.object_store, args.accuracy_on_ray)
+        results["accuracy"] += accuracy_planted(args.work, args.accuracy_docs, args.num_cpus, args.object_store, pool,
+                                                args.accuracy_on_ray)
     if args.throughput_docs:
         sample = dedup_corpus.generate(args.throughput_docs, seed=2, pool=pool)
         results["signatures"] = signature_throughput(sample, min(2000, args.throughput_docs))
