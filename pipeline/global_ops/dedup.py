@@ -344,7 +344,7 @@ def _load_earlier(params: kernels.MinHashParams) -> list[Any]:
         files = sorted(str(f) for f in path.glob("*.parquet"))
         if not files:
             continue
-        ds = _ray_data().read_parquet(files, columns=["id", "sig"])
+        ds = _ray_data().read_parquet(files).select_columns(["id", "sig"])
         datasets.append(ds.map_batches(functools.partial(_earlier_rows, index_number=number,
                                                          num_perm=params.num_perm), batch_format="pyarrow"))
     return datasets
