@@ -393,6 +393,8 @@ else:
     from rensa import RMinHash, RMinHashLSH
     from datasketch.lsh import _optimal_param
     bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+    # rensa needs bands that divide num_perm: the divisor nearest datasketch's choice.
+    bands = min((d for d in range(2, num_perm + 1) if num_perm % d == 0), key=lambda d: abs(d - bands))
     lsh = RMinHashLSH(threshold=threshold, num_perm=num_perm, num_bands=bands)
     for i, text in enumerate(texts):
         m = RMinHash(num_perm=num_perm, seed=1)
