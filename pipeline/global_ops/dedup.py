@@ -155,6 +155,8 @@ def _finish(op: GlobalOperator, ds: Any, decisions: Any, summary: dict[str, Any]
     })
     if summary.get("seen_before"):
         ctx.extra["docs_seen_before"] = int(summary["seen_before"])
+    if not summary.get("rows"):
+        return ds  # no duplicates: nothing to mark (and nothing to join)
 
     def rename(batch: pa.Table) -> pa.Table:
         batch = batch.drop_columns(["_size", "_bytes"])
