@@ -283,7 +283,8 @@ def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, s
         active = np.ones(n, dtype=bool)
     index = np.flatnonzero(active)
     rows = batch.take(pa.array(index, type=pa.int64())) if len(index) < n else batch
-    texts = [t or "" for t in rows.column("text").to_pylist()]
+    # Whitespace alone would still encode to `▁` pieces: such a document has nothing to learn.
+    texts = [t if t and not t.isspace() else "" for t in rows.column("text").to_pylist()]
     prefix_chars = None
     if params.prefix_chars_field:
         prefix_chars = _int_values(field_values(rows, params.prefix_chars_field), params.prefix_chars_field)
