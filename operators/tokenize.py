@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -177,7 +178,7 @@ def encode_documents(tokenizer, texts: Sequence[str], *, bos: int | None = None,
                  else tokenizer.encode_batch_fast(list(texts), add_special_tokens=False))
     id_lists = [e.ids for e in encodings]
     text_tokens = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=n)
-    flat = np.fromiter((t for ids in id_lists for t in ids), dtype=np.int32, count=int(text_tokens.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int32, count=int(text_tokens.sum()))
     prefix = np.zeros(n, dtype=np.int32)
     if with_prefix:
         for i, (encoding, chars) in enumerate(zip(encodings, prefix_chars)):

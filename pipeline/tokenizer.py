@@ -142,6 +142,7 @@ class TrainOptions:
     max_sentences: int = 2_000_000  # SentencePiece samples this many lines
     seed: int = 0
     num_threads: int = 0  # 0: all CPUs
+    hard_vocab_limit: bool = True  # False: vocab_size is an upper bound (small corpora)
 
 
 def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, options: TrainOptions) -> Path:
@@ -165,6 +166,7 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, option
             model_writer=model,
             model_type=options.model_type,
             vocab_size=options.vocab_size,
+            hard_vocab_limit=options.hard_vocab_limit,
             character_coverage=options.character_coverage,
             input_sentence_size=options.max_sentences,
             shuffle_input_sentence=True,

@@ -155,8 +155,11 @@ def test_clear_errors(tmp_path):
         T.load_model_proto(tmp_path / "bad.model")
     with pytest.raises(InputError, match="no text"):
         T.train_sentencepiece(["", "   "], tmp_path / "t", T.TrainOptions(vocab_size=100))
+    tiny = ["a few words of tiny text, and a few more"] * 5
     with pytest.raises(KilnError, match="Vocabulary size"):
-        T.train_sentencepiece(["tiny text"] * 5, tmp_path / "t", T.TrainOptions(vocab_size=5000))
+        T.train_sentencepiece(tiny, tmp_path / "t", T.TrainOptions(vocab_size=5000))
+    T.train_sentencepiece(tiny, tmp_path / "t", T.TrainOptions(vocab_size=5000, hard_vocab_limit=False))
+    assert 259 < len(T.load_model_proto(tmp_path / "t").pieces) < 5000  # a soft limit takes what there is
     with pytest.raises(InputError, match="does not exist"):
         T.prepare_hf_folder(tmp_path / "missing.model", tmp_path / "hf")
 

@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--character-coverage", type=float, default=0.9995,
                    help="share of characters covered by pieces; the rest falls back to bytes")
     t.add_argument("--max-sentences", type=int, default=2_000_000, help="lines SentencePiece samples")
+    t.add_argument("--soft-vocab-limit", action="store_true",
+                   help="treat --vocab-size as an upper bound (a small corpus yields fewer pieces)")
     t.add_argument("--seed", type=int, default=0)
     inputs(t)
     t.set_defaults(handler=handle_train)
@@ -78,13 +80,14 @@ def _report_check(folder, texts) -> int:
 
 
 def handle_train(args: argparse.Namespace) -> int:
-    from pipeline.tokenizer import TrainOptions, read_texts, train_sentencepiece
+    from pipeline.tokenizer import TrainOptions, load_model_proto, read_texts, train_sentencepiece
 
     options = TrainOptions(vocab_size=args.vocab_size, model_type=args.model_type,
                            character_coverage=args.character_coverage, max_sentences=args.max_sentences,
-                           seed=args.seed)
+                           seed=args.seed, hard_vocab_limit=not args.soft_vocab_limit)
     path = train_sentencepiece(read_texts(args.inputs, args.text_field, args.txt_mode), args.out, options)
-    print(f"trained a {args.model_type} SentencePiece model, {args.vocab_size:,} pieces: {path}")
+    pieces = len(load_model_proto(path).pieces)
+    print(f"trained a {args.model_type} SentencePiece model, {pieces:,} pieces: {path}")
     print(f"Hugging Face folder: {args.out} (AutoTokenizer.from_pretrained)")
     return _report_check(args.out, itertools.islice(read_texts(args.inputs, args.text_field, args.txt_mode), SAMPLE))
 
