@@ -70,3 +70,33 @@ demo: setup $(DEMO_DATA)/truth.jsonl  ## the whole demo on the bundled sample: e
 
 $(DEMO_STAGES): setup $(DEMO_DATA)/truth.jsonl  ## run the demo up to this stage (REDO=1 to run it again)
 	$(KILN) run $(DEMO_CONFIG) --until $@ $(if $(REDO),--redo)
+
+# --- tokenizer and packing (kiln tokenizer, tokenize_pack, kiln inspect) ----------------------
+# The demo's "base" tokenizer stands in for a LLaMA tokenizer.model: a small English BPE model
+# trained on the demo's English reference text, then expanded with the most frequent Chinese
+# characters and words of its Chinese reference text (compression table printed). The pack
+# stage of configs/pipeline/demo.yaml packs the kept documents into shards with it.
+DEMO_TOKENIZER := runs/tokenizer/demo
+.PHONY: tokenizer pack inspect bench-pack
+tokenizer: $(DEMO_TOKENIZER)/tokenizer.json  ## the demo tokenizer: English base model + Chinese expansion
+
+$(DEMO_TOKENIZER)/tokenizer.json: | setup $(DEMO_DATA)/truth.jsonl
+	$(KILN) tokenizer train $(DEMO_DATA)/reference/en.txt --out $(DEMO_TOKENIZER)-base \
+		--vocab-size 2000 --soft-vocab-limit
+	$(KILN) tokenizer expand --base $(DEMO_TOKENIZER)-base/tokenizer.model \
+		--corpus $(DEMO_DATA)/reference/zh.txt --eval-zh $(DEMO_DATA)/heldout/zh.txt \
+		--eval-en $(DEMO_DATA)/heldout/en.txt --add 3000 --min-char-count 1 --min-word-count 2 \
+		--out $(DEMO_TOKENIZER)
+
+demo: $(DEMO_TOKENIZER)/tokenizer.json
+
+pack: setup $(DEMO_DATA)/truth.jsonl $(DEMO_TOKENIZER)/tokenizer.json  ## run the demo up to the pack stage: shards + manifest (REDO=1 to run it again)
+	$(KILN) run $(DEMO_CONFIG) --until $@ $(if $(REDO),--redo)
+
+inspect: setup  ## decode a few packed sequences of a run's shards: make inspect RUN=runs/demo
+	$(KILN) inspect $(RUN) --rows 3
+
+bench: bench-pack
+
+bench-pack: setup  ## tokenize_pack tokens/s vs a plain tokenizers batch encode; padding per pack mode
+	$(PY) benchmarks/bench_pack.py

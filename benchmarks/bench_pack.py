@@ -88,15 +88,19 @@ def tokenizer_for(work: Path, docs: list[str], vocab: int) -> Path:
 
 def interleaved(repeats: int, *fns):
     """Run the functions in turn `repeats` times (so that load from other processes on a
-    shared machine hits them alike); per function: (best seconds, median seconds, result)."""
-    times: list[list[float]] = [[] for _ in fns]
+    shared machine hits them alike). Per function: best and median wall seconds, median CPU
+    seconds of this process (all its threads: the encoder's Rust threads included; less
+    sensitive than wall time to other processes on the machine), and the result."""
+    walls: list[list[float]] = [[] for _ in fns]
+    cpus: list[list[float]] = [[] for _ in fns]
     results: list = [None] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             results[i] = fn()
-            times[i].append(time.perf_counter() - started)
-    return [(min(t), statistics.median(t), r) for t, r in zip(times, results)]
+            walls[i].append(time.perf_counter() - wall)
+            cpus[i].append(time.process_time() - cpu)
+    return [(min(w), statistics.median(w), statistics.median(c), r) for w, c, r in zip(walls, cpus, results)]
 
 
 def baseline(tok, docs: list[str], batch: int) -> int:
@@ -195,7 +199,7 @@ def main() -> int:
     table = pa.table({"id": [str(i) for i in range(len(docs))], "text": docs, "source": sources, "task_type": types})
     params = K.TokenizePackParams(tokenizer=str(folder), seq_len=args.seq_len, shuffle=False)
 
-    (base_best, base_median, base_tokens), (kiln_best, kiln_median, kiln) = interleaved(
+    (base_best, base_median, base_cpu, base_tokens), (kiln_best, kiln_median, kiln_cpu, kiln) = interleaved(
         args.repeats, lambda: baseline(tok, docs, args.batch),
         lambda: kiln_in_process(folder, table, args.batch, params, work / "in-process"))
     assert kiln["text_tokens"] == base_tokens, "kiln and the baseline encoded different token counts"
@@ -205,7 +209,8 @@ def main() -> int:
         "seq_len": args.seq_len, "text_tokens": base_tokens,
         "baseline_tokens_per_s": base_tokens / base_best, "baseline_seconds": [base_best, base_median],
         "kiln_tokens_per_s": base_tokens / kiln_best, "kiln_seconds": [kiln_best, kiln_median],
-        "ratio": base_best / kiln_best,
+        "ratio": base_best / kiln_best, "ratio_median": base_median / kiln_median,
+        "baseline_cpu_seconds": base_cpu, "kiln_cpu_seconds": kiln_cpu, "ratio_cpu": base_cpu / kiln_cpu,
         "concat_non_padding_fraction": 1 - kiln["padding"] / kiln["tokens"],
     }
     # Token files that keep the task type, packed in every mode (not timed).
@@ -229,15 +234,16 @@ def main() -> int:
 
     print(f"\n{results['machine']}; {len(docs):,} docs, {mb:.1f} MB, {base_tokens:,} tokens, "
           f"vocabulary {args.vocab:,}, batches of {args.batch}, seq_len {args.seq_len}\n")
-    print("| what | seconds (best / median) | tokens/s | vs baseline |")
-    print("|---|---|---|---|")
-    print(f"| `tokenizers` encode_batch_fast (baseline) | {base_best:.2f} / {base_median:.2f} | "
+    print("| what | wall s (best / median) | CPU s (median) | tokens/s (best wall) | vs baseline (best wall / median wall / CPU) |")
+    print("|---|---|---|---|---|")
+    print(f"| `tokenizers` encode_batch_fast (baseline) | {base_best:.2f} / {base_median:.2f} | {base_cpu:.2f} | "
           f"{results['baseline_tokens_per_s']:,.0f} | 1.00x |")
-    print(f"| kiln tokenize_pack kernels, in process (concat) | {kiln_best:.2f} / {kiln_median:.2f} | "
-          f"{results['kiln_tokens_per_s']:,.0f} | {results['ratio']:.2f}x |")
+    print(f"| kiln tokenize_pack kernels, in process (concat) | {kiln_best:.2f} / {kiln_median:.2f} | {kiln_cpu:.2f} | "
+          f"{results['kiln_tokens_per_s']:,.0f} | {results['ratio']:.2f}x / {results['ratio_median']:.2f}x / "
+          f"{results['ratio_cpu']:.2f}x |")
     for row in e2e:
         print(f"| kiln run through Ray, RAYON threads {row['rayon_threads']}: operator / whole stage | "
-              f"{row['op_seconds']:.2f} / {row['stage_seconds']:.2f} | {row['tokens_per_s_op']:,.0f} / "
+              f"{row['op_seconds']:.2f} / {row['stage_seconds']:.2f} | | {row['tokens_per_s_op']:,.0f} / "
               f"{row['tokens_per_s_stage']:,.0f} | {base_best / row['op_seconds']:.2f}x / "
               f"{base_best / row['stage_seconds']:.2f}x |")
     print("\n| mode | seq_len | non-padding fraction | documents cut | sequences |")

@@ -159,7 +159,7 @@ class Encoded:
     offsets: np.ndarray  # int64, n + 1
     text_tokens: np.ndarray  # int64 per document: tokens of the text alone
     truncated: np.ndarray  # int64 per document: tokens cut by max_doc_tokens
-    prefix: np.ndarray  # int32 per document: leading tokens not trained on
+    prefix: np.ndarray  # int32 per document: leading tokens of a prompt not trained on (0: none)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -196,7 +196,7 @@ def encode_documents(tokenizer, texts: Sequence[str], *, bos: int | None = None,
     if bos is not None:
         tokens[starts] = bos
         is_text[starts] = False
-        prefix[has] += 1
+        prefix[has & (prefix > 0)] += 1  # the prompt's tokens come after BOS
     if eos is not None:
         tokens[ends - 1] = eos
         is_text[ends - 1] = False
@@ -234,8 +234,22 @@ class FieldError(ValueError):
     """A column the operator reads holds values it cannot use."""
 
 
+def string_values(batch: pa.Table, name: str, default: str) -> pa.Array:
+    """A string field per row (column, else `meta` key), `default` where null or empty."""
+    if name in batch.column_names and pa.types.is_string(batch.column(name).type):
+        column = batch.column(name).combine_chunks()
+        missing = pc.fill_null(pc.equal(column, ""), True)
+        return pc.if_else(missing, pa.scalar(default), column)
+    return pa.array([str(v) if v not in (None, "") else default for v in field_values(batch, name)], pa.string())
+
+
 def bucket_values(batch: pa.Table) -> np.ndarray:
     """Curriculum bucket per row: the `bucket` column (or meta key), 0 where there is none."""
+    if "bucket" in batch.column_names and pa.types.is_integer(batch.column("bucket").type):
+        buckets = pc.fill_null(batch.column("bucket"), 0).to_numpy()
+        if len(buckets) and buckets.min() < 0:
+            raise FieldError(f"column bucket must hold non-negative integers, got {int(buckets.min())}")
+        return buckets.astype(np.int32)
     values = field_values(batch, "bucket")
     out = np.zeros(len(values), dtype=np.int32)
     for i, value in enumerate(values):
@@ -283,7 +297,11 @@ def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, s
     else:
         active = np.ones(n, dtype=bool)
     index = np.flatnonzero(active)
-    rows = batch.take(pa.array(index, type=pa.int64())) if len(index) < n else batch
+    # Only the columns the encoder reads are copied.
+    fields = ["text", "source", "lang", "bucket", "meta", params.type_field, params.prefix_chars_field]
+    rows = batch.select(list(dict.fromkeys(f for f in fields if f in batch.column_names)))
+    if len(index) < n:
+        rows = rows.take(pa.array(index, type=pa.int64()))
     # Whitespace alone would still encode to `▁` pieces: such a document has nothing to learn.
     texts = [t if t and not t.isspace() else "" for t in rows.column("text").to_pylist()]
     prefix_chars = None
@@ -298,14 +316,11 @@ def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, s
     reasons[index[encoded.text_tokens == 0]] = NO_TOKENS
 
     keep = np.flatnonzero(encoded.text_tokens > 0)
-    take = pa.array(keep, type=pa.int64())
-    kept = rows.take(take)
-
-    def strings(name: str, default: str) -> pa.Array:
-        return pa.array([str(v) if v not in (None, "") else default for v in field_values(kept, name)], pa.string())
-
-    types = (strings(params.type_field, "") if params.mode == "same_type_pad"
-             else pa.array([""] * len(keep), pa.string()))
+    kept = rows.drop_columns(["text"])
+    if len(keep) < rows.num_rows:
+        kept = kept.take(pa.array(keep, type=pa.int64()))
+    types = (string_values(kept, params.type_field, "") if params.mode == "same_type_pad"
+             else pa.nulls(len(keep), pa.string()).fill_null(""))
     lengths = encoded.lengths[keep]
     offsets = np.zeros(len(keep) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -314,8 +329,8 @@ def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, s
             if len(keep) < len(texts) else encoded.tokens)
     token_table = pa.Table.from_arrays([
         pa.array(bucket_values(kept), type=pa.int32()),
-        strings("source", UNKNOWN),
-        strings("lang", UNKNOWN),
+        string_values(kept, "source", UNKNOWN),
+        string_values(kept, "lang", UNKNOWN),
         types,
         pa.array(encoded.prefix[keep], type=pa.int32()),
         pa.array(encoded.truncated[keep], type=pa.int32()),
@@ -347,6 +362,7 @@ def group_token_table(tables: Sequence[pa.Table]) -> tuple[pa.Table, list[dict[s
     by_lang = keys.group_by(["bucket", "source", "lang"], use_threads=False).aggregate([("tokens", "sum")]).to_pylist()
     buckets = table.column("bucket").to_numpy()
     sources = table.column("source").to_pylist()
+    truncated = keys.column("truncated").to_numpy()
     groups = []
     start = 0
     for i in range(1, table.num_rows + 1):
@@ -355,7 +371,7 @@ def group_token_table(tables: Sequence[pa.Table]) -> tuple[pa.Table, list[dict[s
             groups.append({
                 "bucket": bucket, "source": source, "rows": [start, i], "docs": i - start,
                 "tokens": int(lengths[start:i].sum()),
-                "truncated": int(keys.column("truncated").to_numpy()[start:i].sum()),
+                "truncated": int(truncated[start:i].sum()),
                 "tokens_by_lang": {r["lang"]: int(r["tokens_sum"]) for r in by_lang
                                    if r["bucket"] == bucket and r["source"] == source},
             })

@@ -125,7 +125,7 @@ def _print_summary(manifest, folder: Path) -> None:
     if total:
         print(f"tokens {total:,}: {content:,} content, {manifest.padding_tokens:,} padding "
               f"({manifest.padding_tokens / total:.2%}), {manifest.truncated_tokens:,} truncated away")
-    print(f"tokenizer {manifest.tokenizer.path} (vocabulary {manifest.tokenizer.vocab_size:,}, "
+    print(f"tokenizer: {manifest.tokenizer.path}/ (vocabulary {manifest.tokenizer.vocab_size:,}, "
           f"sha256 {manifest.tokenizer.sha256[:12]}…)")
     for title, counts in (("bucket", manifest.tokens_by_bucket), ("source", manifest.tokens_by_source),
                           ("language", manifest.tokens_by_lang)):
