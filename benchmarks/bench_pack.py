@@ -11,12 +11,12 @@ Measured, on the same documents (real Chinese and English text from ../shared/da
 2. kiln in process, the executor's per-worker kernels in order (`encode_batch_table`,
    `group_token_table`, `write_token_file`, then `plan_shards` and `pack_shard` per shard);
 3. kiln end to end: `kiln run` of a one-stage config through Ray (stage wall time, reading
-   and writing the stage's rows included), with the Rust encoder's default threads and with
-   one thread per Ray worker (RAYON_NUM_THREADS=1);
+   and writing the stage's rows included), with one encoder thread per Ray worker (the
+   default) and with `parallel_encode: true` (the Rust thread pool in every worker);
 4. the non-padding fraction and the share of documents cut, per mode and seq_len.
 
-Run: `make bench-pack` (or `python benchmarks/bench_pack.py --help`). Writes
-benchmarks/results/bench_pack.json and prints a Markdown table for docs/benchmarks.md.
+Run: `make bench-pack` (or `python benchmarks/bench_pack.py --help`). Prints Markdown tables
+for docs/benchmarks.md (`--json PATH` also writes the figures).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def pack_only(folder: Path, files, out: Path, mode: str, seq_len: int, shard_tok
             "documents_split_fraction": sum(r.documents_split for r in results) / docs, "sequences": total // seq_len}
 
 
-def end_to_end(folder: Path, work: Path, docs: list[str], sources: list[str], seq_len: int, threads: str | None,
+def end_to_end(folder: Path, work: Path, docs: list[str], sources: list[str], seq_len: int, parallel: bool,
                num_cpus: int) -> dict:
     """`kiln run` in a subprocess (a fresh Ray), one stage: tokenize_pack."""
     data = work / "e2e.jsonl"
@@ -153,25 +153,24 @@ def end_to_end(folder: Path, work: Path, docs: list[str], sources: list[str], se
         with open(data, "w") as f:
             for i, (text, source) in enumerate(zip(docs, sources)):
                 f.write(json.dumps({"id": str(i), "text": text, "source": source}, ensure_ascii=False) + "\n")
-    run = work / f"run-{threads or 'default'}"
+    run = work / f"run-{'parallel' if parallel else 'single'}"
     shutil.rmtree(run, ignore_errors=True)
     config = {"run": {"name": "bench-pack", "output": str(run)},
               "ray": {"num_cpus": num_cpus, "object_store_memory": "500MB", "batch_size": 1024},
               "inputs": [{"path": str(data)}],
-              "stages": [{"name": "pack", "ops": [{"tokenize_pack": {"tokenizer": str(folder), "seq_len": seq_len}}]}]}
+              "stages": [{"name": "pack", "ops": [{"tokenize_pack": {"tokenizer": str(folder), "seq_len": seq_len,
+                                                                   "parallel_encode": parallel}}]}]}
     import yaml
 
     (work / "e2e.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
-    if threads:
-        env["RAYON_NUM_THREADS"] = threads
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(work / "e2e.yaml"), "--no-progress"],
                    check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     stage = json.loads((run / "01-pack/stats.json").read_text())
     extra = stage["extra"]["tokenize_pack"]
-    return {"rayon_threads": threads or "default", "command_seconds": wall, "stage_seconds": stage["seconds"],
+    return {"parallel_encode": parallel, "command_seconds": wall, "stage_seconds": stage["seconds"],
             "op_seconds": extra["wall_seconds"], "content_tokens": extra["content_tokens"],
             "non_padding_fraction": extra["non_padding_fraction"]}
 
@@ -186,7 +185,7 @@ def main() -> int:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2, help="Ray CPUs end to end")
     parser.add_argument("--no-e2e", action="store_true", help="skip the runs through Ray")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "kiln-bench-pack"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks/results/bench_pack.json"))
+    parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -223,14 +222,14 @@ def main() -> int:
     results["modes"] = modes
     e2e = []
     if not args.no_e2e:
-        for threads in (None, "1"):
-            row = end_to_end(folder, work, docs, sources, args.seq_len, threads, args.num_cpus)
+        for parallel in (False, True):
+            row = end_to_end(folder, work, docs, sources, args.seq_len, parallel, args.num_cpus)
             row["tokens_per_s_stage"] = base_tokens / row["stage_seconds"]
             row["tokens_per_s_op"] = base_tokens / row["op_seconds"]
             e2e.append(row)
     results["end_to_end"] = e2e
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"\n{results['machine']}; {len(docs):,} docs, {mb:.1f} MB, {base_tokens:,} tokens, "
           f"vocabulary {args.vocab:,}, batches of {args.batch}, seq_len {args.seq_len}\n")
@@ -242,7 +241,8 @@ def main() -> int:
           f"{results['kiln_tokens_per_s']:,.0f} | {results['ratio']:.2f}x / {results['ratio_median']:.2f}x / "
           f"{results['ratio_cpu']:.2f}x |")
     for row in e2e:
-        print(f"| kiln run through Ray, RAYON threads {row['rayon_threads']}: operator / whole stage | "
+        threads = "every core per worker" if row["parallel_encode"] else "one thread per worker"
+        print(f"| kiln run through Ray, encoder {threads}: operator / whole stage | "
               f"{row['op_seconds']:.2f} / {row['stage_seconds']:.2f} | | {row['tokens_per_s_op']:,.0f} / "
               f"{row['tokens_per_s_stage']:,.0f} | {base_best / row['op_seconds']:.2f}x / "
               f"{base_best / row['stage_seconds']:.2f}x |")
@@ -251,7 +251,6 @@ def main() -> int:
     for row in modes:
         print(f"| {row['mode']} | {row['seq_len']} | {row['non_padding_fraction']:.4f} | "
               f"{row['documents_split_fraction']:.1%} | {row['sequences']:,} |")
-    print(f"\nwritten {args.out}")
     return 0
 
 

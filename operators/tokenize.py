@@ -81,6 +81,9 @@ class TokenizePackParams(Params):
         None, description="column or meta key: number of leading characters of a document not trained on")
     shuffle: bool = Field(True, description="shuffle the sequences inside each shard (seeded)")
     seed: int = 0
+    parallel_encode: bool = Field(
+        False, description="let the Rust encoder use every core inside each Ray worker; off: one thread per "
+                           "worker, as Ray already runs one worker per CPU (faster in docs/benchmarks.md)")
 
     @model_validator(mode="after")
     def _sizes(self) -> TokenizePackParams:
@@ -133,8 +136,7 @@ def special_ids(folder: str | os.PathLike) -> SpecialIds:
         if path.is_file():
             data = json.loads(path.read_text())
             for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-                names.setdefault(key, _token_name(data.get(key)))
-                if names[key] is None:
+                if names.get(key) is None:
                     names[key] = _token_name(data.get(key))
     tokenizer = load_tokenizer(str(folder))
 

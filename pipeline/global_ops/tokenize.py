@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from pipeline.global_ops import DECISION_REASON, GlobalContext, apply_decisions,
 from trainer.shards import Manifest, ShardInfo, TokenizerInfo, sha256_tree
 
 TOKENIZER_DIR = "tokenizer"
+PARALLELISM = "TOKENIZERS_PARALLELISM"
 
 
 def _encode_sink(rows_dir: Path, token_dir: Path, op: TokenizePack, tokenizer_dir: str, special: SpecialIds,
@@ -59,6 +62,19 @@ def _encode_sink(rows_dir: Path, token_dir: Path, op: TokenizePack, tokenizer_di
             self.results: list[dict[str, Any]] = []
 
         def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
+            # `tokenizers` reads this at every batch call; restored so that other work in this
+            # (reused) worker process is not affected.
+            previous = os.environ.get(PARALLELISM)
+            os.environ[PARALLELISM] = "true" if op.params.parallel_encode else "false"
+            try:
+                return self._write(blocks, ctx)
+            finally:
+                if previous is None:
+                    os.environ.pop(PARALLELISM, None)
+                else:
+                    os.environ[PARALLELISM] = previous
+
+        def _write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
             tokenizer = load_tokenizer(tokenizer_dir)
             row_parts, token_parts = [], []
             for block in blocks:
@@ -94,7 +110,7 @@ def _pack_batch(batch: pa.Table, token_dir: str, shards_dir: str, seq_len: int, 
     for text in batch.column("plan").to_pylist():
         result = pack_shard(token_dir, shards_dir, json.loads(text), seq_len, mode, pad_id, shuffle, seed)
         results.append(json.dumps({
-            "info": result.info.__dict__ if result.info else None, "documents": result.documents,
+            "info": asdict(result.info) if result.info else None, "documents": result.documents,
             "content_tokens": result.content_tokens, "continued_segments": result.continued_segments,
             "documents_split": result.documents_split}))
     return pa.table({"result": pa.array(results, pa.string())})
@@ -187,11 +203,10 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
     continued = sum(r["continued_segments"] for r in results)
     split = sum(r["documents_split"] for r in results)
     total = sum(s.tokens for s in shards)
-    tokenizer = load_tokenizer(str(tokenizer_dir))
     manifest = Manifest(
         seq_len=params.seq_len,
         tokenizer=TokenizerInfo(path=TOKENIZER_DIR, sha256=sha256_tree(tokenizer_dir),
-                                vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
+                                vocab_size=special.vocab_size,
                                 bos_id=special.bos, eos_id=special.eos if special.eos is not None else special.pad,
                                 pad_id=special.pad),
         shards=shards,
