@@ -154,4 +154,4 @@ inspect: setup  ## decode a few packed sequences of a run's shards: make inspect
 bench: bench-pack  # the packing benchmark is part of `make bench`
 
 bench-pack: setup  ## tokenize_pack tokens/s vs a plain tokenizers batch encode; padding per pack mode
-	$(PY) benchmarks/bench_pack.py
+	$(PY) benchmarks/bench_pack.py --repeats 5
