@@ -484,6 +484,16 @@ def expand_sentencepiece(base: str | os.PathLike, corpus: Iterable[str], out_dir
                                   min_word_count=min_word_count, word_sample_chars=word_sample_chars)
     if candidates.counted_chars == 0:
         raise InputError("the expansion corpus has no text")
+    if proto.normalizer_spec.precompiled_charsmap:
+        # A base that normalises (NFKC) never sees, say, full-width punctuation: such pieces
+        # would be dead weight.
+        base_normalize = sentencepiece_processor(base).normalize
+
+        def survives(piece: str) -> bool:
+            return base_normalize(piece).removeprefix(SPACE) == piece
+
+        candidates.chars = [cn for cn in candidates.chars if survives(cn[0])]
+        candidates.words = [wn for wn in candidates.words if survives(wn[0])]
     chars, chosen_words = choose_pieces(candidates, vocab, add, bpe, max_chars)
     if not chars and not chosen_words:
         raise KilnError("the corpus has no Chinese characters or words missing from the base vocabulary "

@@ -354,6 +354,11 @@ def test_run_writes_shards_a_trainer_can_read(tmp_path, tok_dir, docs, run_confi
     assert main(["inspect", str(run), "--rows", "2"]) == 0
     out = capsys.readouterr().out
     assert "⟦doc 0" in out and "source mix" in out and "by bucket" in out
+    last = run / "shards" / manifest.shards[-1].path
+    assert main(["inspect", str(last), "--start", str(manifest.shards[-1].sequences - 1)]) == 0
+    assert "⟦pad × " in capsys.readouterr().out  # a group's last sequence is padded
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
 
 
 @pytest.mark.ray

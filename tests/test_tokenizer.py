@@ -181,3 +181,22 @@ def test_cli_train_expand_export(tmp_path, shared_data, capsys):
     assert main(["tokenizer", "expand", "--base", str(tmp_path / "nope.model"), "--corpus", str(zh),
                  "--add", "5", "--out", str(tmp_path / "x")]) == 2
     assert "no SentencePiece model" in capsys.readouterr().err
+
+
+def test_a_normalising_base_model(tmp_path, english, shared_data):
+    """SentencePiece's own defaults (NFKC, extra whitespace removed): the twin follows them,
+    and expansion skips characters that NFKC rewrites (full-width punctuation)."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(english[0][:300]), model_writer=model, vocab_size=1500,
+                                   byte_fallback=True, minloglevel=2)
+    (tmp_path / "nfkc.model").write_bytes(model.getvalue())
+    report = T.expand_sentencepiece(tmp_path / "nfkc.model", clue_texts(shared_data)[:300], tmp_path / "out",
+                                    add=500, words=False)
+    added = [p.piece for p in T.load_model_proto(tmp_path / "out").pieces[1500:]]
+    assert "，" not in added and "。" in added and report.added_chars == 500
+    texts = clue_texts(shared_data)[-50:] + english[1][:50] + EDGE_CASES + ["ｆｕｌｌ ｗｉｄｔｈ，ＡＢＣ１２３"]
+    assert hf_ids(tmp_path / "out", texts) == sp_ids(tmp_path / "out", texts)
