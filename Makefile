@@ -8,10 +8,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 KILN   := $(VENV)/bin/kiln
 STAMP  := $(VENV)/.kiln-setup
+CONFIG ?= configs/pipeline/demo.yaml
+RUN    ?= runs/demo
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup test lint
+.PHONY: help setup test lint demo run verify bench bench-runner clean-runs
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
@@ -33,3 +35,17 @@ test: setup  ## run the test suite
 
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
+
+run: setup  ## run a pipeline config: make run CONFIG=... (all stages not yet finished)
+	$(KILN) run $(CONFIG)
+
+verify: setup  ## check a run's accounting: make verify RUN=runs/demo
+	$(KILN) verify $(RUN)
+
+bench: bench-runner  ## every benchmark that runs in minutes (figures go in docs/benchmarks.md)
+
+bench-runner: setup  ## runner overhead: identity operators vs a plain pyarrow loop
+	$(PY) benchmarks/bench_runner.py
+
+clean-runs:  ## delete runs/ (pipeline outputs)
+	rm -rf runs
