@@ -49,3 +49,8 @@ bench-runner: setup  ## runner overhead: identity operators vs a plain pyarrow l
 
 clean-runs:  ## delete runs/ (pipeline outputs)
 	rm -rf runs
+
+# --- privacy and sensitive topics -------------------------------------------------------
+.PHONY: bench-privacy
+bench-privacy: setup  ## pii_mask, sensitive_filter, ziya_rates: docs/s per core vs datatrove PII and regex alternation
+	$(PY) benchmarks/bench_privacy.py

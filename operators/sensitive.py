@@ -246,12 +246,11 @@ class LexiconMatcher:
             self.automaton.add_word(text, ti)
         return self.terms[ti]
 
-    def scan(self, text: str, keep_terms: int = 0) -> ScanResult:
-        n = len(self.categories)
-        hits = [0] * n
-        terms: list[list[str]] = [[] for _ in range(n)]
+    def scan(self, text: str, keep_terms: int = 0) -> ScanResult | None:
+        """Hits per category in `text`, with up to `keep_terms` matched terms each; None when
+        nothing matched (most documents: that path allocates nothing)."""
         if not self.terms or not text:
-            return ScanResult(hits, terms)
+            return None
         lowered = text.lower()
         last = len(lowered) - 1
         found: list[tuple[int, int, _Term]] = []
@@ -268,7 +267,10 @@ class LexiconMatcher:
             if term.owners:
                 found.append((start, end, term))
         if not found:
-            return ScanResult(hits, terms)
+            return None
+        n = len(self.categories)
+        hits = [0] * n
+        terms: list[list[str]] = [[] for _ in range(n)]
         # Single-term occurrences per category, to count overlapping ones once.
         occurrences: list[list[tuple[int, int, _Term]]] = [[] for _ in range(n)]
         parts_seen: dict[tuple[int, int], dict[int, int]] = {}
@@ -453,16 +455,18 @@ class _LexiconFilter(Filter):
     def matcher(self) -> LexiconMatcher:
         return build_matcher(self.named_files(), self.category_order(), self.params.min_term_chars)
 
-    def _scan(self, batch: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray, list[list[list[str]]]]:
+    def _scan(self, batch: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray, list[list[list[str]] | None]]:
         matcher = self.matcher
         texts = text_column(batch)
         keep = self.params.detail_terms
         hits = np.zeros((len(texts), len(matcher.categories)), dtype=np.int64)
-        terms = []
+        terms: list[list[list[str]] | None] = [None] * len(texts)
+        scan = matcher.scan
         for row, text in enumerate(texts):
-            result = matcher.scan(text, keep)
-            hits[row] = result.hits
-            terms.append(result.terms)
+            result = scan(text, keep)
+            if result is not None:
+                hits[row] = result.hits
+                terms[row] = result.terms
         chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
         return matcher.categories, hits, chars, terms
 
