@@ -125,3 +125,9 @@ bench: bench-clean  # the cleaning benchmark is part of `make bench`
 
 bench-clean: setup bench-env  ## cleaning rules vs datatrove Gopher + C4 filters (docs/s per core)
 	$(PY) benchmarks/bench_clean.py
+
+# --- privacy and sensitive topics -------------------------------------------------------
+.PHONY: bench-privacy
+bench: bench-privacy
+bench-privacy: setup bench-env  ## pii_mask, sensitive_filter, ziya_rates: docs/s per core vs datatrove PII and regex alternation
+	$(PY) benchmarks/bench_privacy.py
