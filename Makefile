@@ -126,6 +126,12 @@ bench: bench-clean  # the cleaning benchmark is part of `make bench`
 bench-clean: setup bench-env  ## cleaning rules vs datatrove Gopher + C4 filters (docs/s per core)
 	$(PY) benchmarks/bench_clean.py
 
+# --- privacy and sensitive topics -------------------------------------------------------
+.PHONY: bench-privacy
+bench: bench-privacy
+bench-privacy: setup bench-env  ## pii_mask, sensitive_filter, ziya_rates: docs/s per core vs datatrove PII and regex alternation
+	$(PY) benchmarks/bench_privacy.py
+
 # --- tokenizer and packing (kiln tokenizer, tokenize_pack, kiln inspect) ----------------------
 # The demo's "base" tokenizer stands in for a LLaMA tokenizer.model: a small English BPE model
 # trained on the demo's English reference text, then expanded with the most frequent Chinese
