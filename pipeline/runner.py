@@ -478,34 +478,41 @@ class Runner:
         sink_counts: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
 
-        def materialize(dataset: Any, segment: int) -> Any:
-            work = tmp_dir / "_work" / f"segment-{segment}"
-            sink = _make_sink(work, rejected_dir, f"s{segment}", count_would_reject=False)
+        def write(dataset: Any, segment: int, final: bool) -> Any:
+            """Write the rows so far: rejected ones to the stage's rejected/, kept ones to
+            data/ (final) or to a scratch segment that the next operator reads back."""
+            target = tmp_dir / storage.DATA if final else tmp_dir / "_work" / f"segment-{segment}"
+            sink = _make_sink(target, rejected_dir, f"s{segment}", count_would_reject=final)
             dataset.write_datasink(sink)
             sink_counts.append(sink.counts)
-            return read_stage_dataset(work, batch_size, num_cpus)
+            return None if final else read_stage_dataset(target, batch_size, num_cpus)
 
         segment = 0
-        for op, spec in ops:
+        on_disk = False  # ds is a segment just read back, with no operator applied since
+        finished = False
+        for position, (op, spec) in enumerate(ops):
             if op.kind != "global":
                 ds = _map_operator(ds, op, spec, batch_size, analyze)
+                on_disk = False
                 continue
-            ds = materialize(ds, segment)
-            segment += 1
+            if not on_disk:  # a global operator reads its input more than once: from disk
+                ds = write(ds, segment, final=False)
+                segment += 1
             ctx = GlobalContext(work_dir=tmp_dir / "_work" / f"{op.label}", batch_size=batch_size, analyze=analyze,
                                 num_cpus=num_cpus, stage_name=stage.name, output_dir=tmp_dir,
                                 run_dir=self.run_dir, config_sha256=self.config.config_hash())
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             ds = get_executor(op.name)(op, ds, ctx)
-            ds = materialize(ds, segment)
+            finished = position == len(ops) - 1
+            ds = write(ds, segment, final=finished)
             segment += 1
+            on_disk = True
             ctx.extra["wall_seconds"] = round(time.perf_counter() - started, 3)
             extra[op.label] = ctx.extra
             sink_counts[-1].setdefault("seconds", {})[op.label] = ctx.extra["wall_seconds"]
-        final = _make_sink(tmp_dir / storage.DATA, rejected_dir, f"s{segment}", count_would_reject=True)
-        ds.write_datasink(final)
-        sink_counts.append(final.counts)
+        if not finished:
+            write(ds, segment, final=True)
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         storage.remove_tree(tmp_dir / "_work")
