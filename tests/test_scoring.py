@@ -423,9 +423,9 @@ def test_score_select_and_bucket_pipeline(run_config, zh_model, tmp_path):
         "inputs": [{"path": str(path), "lang": "zh", "source": "web", "id_field": "id"},
                    {"path": str(news), "lang": "zh", "source": "news", "id_field": "id"}],
         "stages": [{"name": "score", "ops": [{"perplexity": {"models": {"zh": str(model)}}},
-                                             {"perplexity_select": {"keep_fraction": 0.6}}]},
-                   {"name": "bucket", "ops": [{"difficulty_bucket": {"mode": "colossal", "num_buckets": 3}}]}]})
-    score, bucket = stats["stages"]
+                                             {"perplexity_select": {"keep_fraction": 0.6}},
+                                             {"difficulty_bucket": {"mode": "colossal", "num_buckets": 3}}]}]})
+    (score,) = stats["stages"]
     assert score["docs_in"] == 140 and score["docs_out"] == 84
     assert score["rejected"] == {"perplexity_select/perplexity": 56}
     cut = score["extra"]["perplexity_select"]["cutoffs"]["zh"]
@@ -434,13 +434,13 @@ def test_score_select_and_bucket_pipeline(run_config, zh_model, tmp_path):
     # Every shuffled document falls in the tail.
     assert {r["id"] for r in rejected} >= {f"web:s{i}" for i in range(40)}
     assert all(r["stat.ppl"] > cut["keep_below"] for r in rejected)
-    kept = [r for f in (run_dir / "02-bucket" / "data").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    kept = [r for f in (run_dir / "01-score" / "data").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
     assert len(kept) == 84 and all(r["bucket"] in (0, 1, 2) for r in kept)
     assert all(r["stat.ppl_label"] in ("head", "middle") for r in kept)
-    buckets = bucket["extra"]["difficulty_bucket"]["buckets"]
+    buckets = score["extra"]["difficulty_bucket"]["buckets"]
     assert [b["docs"] for b in buckets] == [28, 28, 28]
     assert sum(b["chars"] for b in buckets) == sum(len(r["text"]) for r in kept)
-    assert json.loads((run_dir / "02-bucket" / "curriculum.json").read_text())["order"] == [0, 1, 2]
+    assert json.loads((run_dir / "01-score" / "curriculum.json").read_text())["order"] == [0, 1, 2]
     by_source: dict[str, int] = {}
     for r in kept:
         by_source[r["source"]] = by_source.get(r["source"], 0) + 1
