@@ -130,7 +130,7 @@ def _check_parquet(path: str, spec: InputSpec, index: int) -> None:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"inputs[{index}]: {path} is not a readable parquet file: {e}") from None
-    if spec.text_field not in schema.names:
+    if spec.text_field.split(".")[0] not in schema.names:
         raise InputError(f"inputs[{index}].text_field: {path} has no column {spec.text_field!r} "
                          f"(columns: {', '.join(schema.names)})")
 
@@ -188,7 +188,11 @@ def _rejected_text(raw: bytes) -> str:
 
 
 def _iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    for number, line in enumerate(io.BufferedReader(stream, 1 << 20) if not isinstance(stream, io.BufferedReader) else stream, 1):
+    # Decompressors from the standard library buffer themselves and hand out every line
+    # before a corrupt block; zstandard's reader needs a buffer to read lines.
+    buffered = (io.BufferedReader, gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
+    lines = stream if isinstance(stream, buffered) else io.BufferedReader(stream, 1 << 20)
+    for number, line in enumerate(lines, 1):
         yield number, line.rstrip(b"\r\n")
 
 

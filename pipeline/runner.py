@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -548,15 +549,24 @@ def summarise_stage(st: dict[str, Any]) -> str:
     return line
 
 
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Bug|Interrupt|Exit)): (.+)$", re.MULTILINE)
+_RAY_WRAPPERS = ("UserCodeException", "RayTaskError", "RayError", "RayActorError")
+
+
 def _root_cause(error: BaseException) -> str:
-    cause = error
-    while True:
-        nested = getattr(cause, "cause", None) or cause.__cause__
-        if nested is None or nested is cause:
-            break
-        cause = nested
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+    """The original exception behind Ray's wrappers, in one line. A task's own exception
+    reaches the driver only as text inside the wrapper's traceback, so it is read from there."""
+    chain, cause = [], error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+    for exc in chain:
+        for name, message in _EXCEPTION_LINE.findall(str(exc)):
+            if not name.split(".")[-1].startswith(_RAY_WRAPPERS):
+                return f"{name.split('.')[-1]}: {message.strip()}"
+    innermost = chain[-1]
+    lines = [line for line in str(innermost).strip().splitlines() if line.strip()]
+    return f"{type(innermost).__name__}: {lines[0] if lines else ''}"
 
 
 def _now() -> str:

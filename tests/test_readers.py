@@ -1,0 +1,149 @@
+"""Readers: every record becomes a kept or a rejected row; bad records never stop a file."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline.config import InputSpec
+from pipeline.errors import InputError
+from pipeline.readers import expand_inputs, read_inputs
+
+
+def read(tmp_path, **spec) -> pa.Table:
+    tables = list(read_inputs([InputSpec(**spec)]))
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def rejected_reasons(table: pa.Table) -> dict[str, str]:
+    return {i: r for i, r in zip(table.column("id").to_pylist(), table.column("reject_reason").to_pylist()) if r}
+
+
+def write_jsonl_with_bad_lines(path, opener=open):
+    good = [{"id": i, "text": f"document number {i}", "url": f"http://x/{i}", "lang_hint": "en"} for i in range(5)]
+    with opener(path, "wb") as f:
+        for rec in good[:2]:
+            f.write(json.dumps(rec).encode() + b"\n")
+        f.write(b'{"id": 100, "text": "unterminated\n')  # malformed JSON
+        f.write(b"\n")  # blank line: not a record
+        f.write(b'{"id": 101, "text": "bad \xff\xfe bytes"}\n')  # invalid UTF-8
+        f.write(b'{"id": 102}\n')  # no text field
+        f.write(b'{"id": 103, "text": "   "}\n')  # empty text
+        f.write(b'{"id": 104, "text": 42}\n')  # text not a string
+        f.write(b'[1, 2, 3]\n')  # not an object
+        for rec in good[2:]:
+            f.write(json.dumps(rec).encode() + b"\n")
+
+
+@pytest.mark.parametrize("suffix,opener", [
+    ("jsonl", open), ("jsonl.gz", gzip.open), ("jsonl.bz2", bz2.open),
+    ("jsonl.zst", lambda p, m: zstandard.open(p, m)),
+])
+def test_jsonl_bad_records_become_rejected_rows_and_good_rows_survive(tmp_path, suffix, opener):
+    path = tmp_path / f"web.{suffix}"
+    write_jsonl_with_bad_lines(path, opener)
+    table = read(tmp_path, path=str(path), id_field="id")
+    assert table.num_rows == 11
+    reasons = rejected_reasons(table)
+    assert reasons == {
+        "web:web." + suffix + ":3": "malformed_json",
+        "web:web." + suffix + ":5": "invalid_utf8",
+        "web:102": "missing_text",
+        "web:103": "empty_text",
+        "web:104": "text_not_string",
+        "web:web." + suffix + ":9": "not_an_object",
+    }
+    kept = table.filter(pa.compute.is_null(table.column("reject_reason")))
+    assert kept.column("id").to_pylist() == [f"web:{i}" for i in range(5)]
+    assert kept.column("url").to_pylist()[0] == "http://x/0"
+    assert json.loads(kept.column("meta")[0].as_py()) == {"lang_hint": "en"}
+    details = table.filter(pa.compute.is_valid(table.column("reject_reason"))).column("reject_detail").to_pylist()
+    assert any(f"web.{suffix}:3" in d for d in details)  # file and line in the detail
+
+
+def test_replace_mode_keeps_undecodable_bytes_as_replacement_characters(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"caf\xe9 au lait\nfine line\n")
+    table = read(tmp_path, path=str(path), on_decode_error="replace")
+    assert table.column("text").to_pylist() == ["caf\ufffd au lait", "fine line"]
+    strict = read(tmp_path, path=str(path))
+    assert rejected_reasons(strict) == {"a:a.txt:1": "invalid_utf8"}
+
+
+def test_truncated_gzip_keeps_what_was_read_and_rejects_the_rest(tmp_path):
+    path = tmp_path / "cut.jsonl.gz"
+    payload = b"".join(json.dumps({"text": f"line {i} " + "x" * 50}).encode() + b"\n" for i in range(2000))
+    data = gzip.compress(payload)
+    path.write_bytes(data[: len(data) // 2])
+    table = read(tmp_path, path=str(path))
+    reasons = list(rejected_reasons(table).values())
+    assert reasons == ["corrupt_file"]
+    assert 0 < table.num_rows - 1 < 2000
+
+
+def test_huge_document_is_rejected_with_a_reason_unless_allowed(tmp_path):
+    path = tmp_path / "big.jsonl"
+    big = "长" * ((50 << 20) // 3)  # about 50 MB of UTF-8
+    with open(path, "w") as f:
+        f.write(json.dumps({"text": "small one"}) + "\n")
+        f.write(json.dumps({"text": big}, ensure_ascii=False) + "\n")
+    table = read(tmp_path, path=str(path))
+    assert rejected_reasons(table) == {"big:big.jsonl:2": "too_large"}
+    allowed = read(tmp_path, path=str(path), max_doc_bytes="64MB")
+    assert allowed.column("reject_reason").null_count == 2
+
+
+def test_text_modes_and_ids(tmp_path):
+    path = tmp_path / "forum.txt"
+    path.write_text("first post\n\nsecond post\nstill second\n\n\nthird\n")
+    lines = read(tmp_path, path=str(path))
+    assert lines.column("id").to_pylist() == ["forum:forum.txt:1", "forum:forum.txt:3", "forum:forum.txt:4",
+                                              "forum:forum.txt:7"]
+    paragraphs = read(tmp_path, path=str(path), txt_mode="paragraphs")
+    assert paragraphs.column("text").to_pylist() == ["first post", "second post\nstill second", "third"]
+    assert paragraphs.column("id").to_pylist() == ["forum:forum.txt:1", "forum:forum.txt:3", "forum:forum.txt:7"]
+    whole = read(tmp_path, path=str(tmp_path), txt_mode="file", source="posts")
+    assert whole.column("id").to_pylist() == ["posts:forum.txt"]
+
+
+def test_parquet_with_nested_text_field_and_bad_rows(tmp_path):
+    path = tmp_path / "books.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "body": [{"content": "text a"}, {"content": None}, {"content": "text c"}]}), path)
+    table = read(tmp_path, path=str(path), text_field="body.content", id_field="id", source="books")
+    assert table.column("text").to_pylist()[::2] == ["text a", "text c"]
+    assert rejected_reasons(table) == {"books:b": "missing_text"}
+    with pytest.raises(InputError, match=r"inputs\[0\]\.text_field: .* has no column 'text'"):
+        read(tmp_path, path=str(path))
+
+
+def test_missing_paths_and_unknown_formats_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match=r"inputs\[0\]\.path: .*nope.jsonl does not exist"):
+        expand_inputs([InputSpec(path=str(tmp_path / "nope.jsonl"))])
+    with pytest.raises(InputError, match="no files match"):
+        expand_inputs([InputSpec(path=str(tmp_path / "*.jsonl"))])
+    (tmp_path / "data.bin").write_bytes(b"\x00")
+    with pytest.raises(InputError, match="cannot tell the format"):
+        expand_inputs([InputSpec(path=str(tmp_path / "data.bin"))])
+
+
+def test_empty_file_yields_no_rows_and_ids_are_stable(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    assert read(tmp_path, path=str(tmp_path / "empty.jsonl")).num_rows == 0
+    path = tmp_path / "w.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"t{i}"}) for i in range(3)))
+    first = read(tmp_path, path=str(path)).column("id").to_pylist()
+    assert first == read(tmp_path, path=str(path)).column("id").to_pylist() == ["w:w.jsonl:1", "w:w.jsonl:2", "w:w.jsonl:3"]
+
+
+def test_real_reviews_file_reads_every_line(shared_data):
+    path = shared_data / "zh_uer_corpora/corpora/chnsenticorp.txt"
+    table = read(None, path=str(path), source="reviews")
+    expected = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    assert table.num_rows == expected
+    assert table.column("reject_reason").null_count == table.num_rows

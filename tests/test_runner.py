@@ -1,0 +1,196 @@
+"""End to end through a local Ray: staged runs, accounting, resume, analyze, failures, global ops."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from operators.base import GlobalOperator, Mapper, Params
+from operators.registry import register
+from pipeline import storage
+from pipeline.errors import KilnError, StageError
+from pipeline.global_ops import global_executor, mark_rejected
+from pipeline.verify import verify_run
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def corpus(tmp_path, shared_data):
+    """Real reviews and web text, plus a JSONL file with malformed records."""
+    reviews = (shared_data / "zh_uer_corpora/corpora/chnsenticorp.txt").read_text().splitlines()[:400]
+    web = (shared_data / "zh_uer_corpora/corpora/CLUECorpusSmall_sampled.txt").read_text().splitlines()[:300]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/reviews.txt").write_text("\n".join(reviews) + "\n")
+    with open(tmp_path / "in/web.jsonl", "wb") as f:
+        for i, line in enumerate(web):
+            f.write(json.dumps({"id": f"w{i}", "text": line}, ensure_ascii=False).encode() + b"\n")
+        f.write(b'{"id": "broken", "text": \n')
+        f.write(b'{"id": "bytes", "text": "\xff\xfe"}\n')
+        f.write(b'{"id": "notext"}\n')
+    return tmp_path / "in"
+
+
+def pipeline_config(corpus, **extra_stages):
+    return {
+        "run": {"name": "t"},
+        "ray": {"batch_size": 128},
+        "inputs": [{"path": str(corpus / "reviews.txt"), "source": "reviews"},
+                   {"path": str(corpus / "web.jsonl"), "source": "web", "id_field": "id"}],
+        "stages": [
+            {"name": "clean", "ops": [{"normalize": {}}, {"length_filter": {"min_chars": 20}}]},
+            {"name": "filter", "ops": [{"length_filter": {"min_chars": 60, "max_chars": 3000}}]},
+        ],
+    }
+
+
+def stage_tables(run_dir, folder):
+    return storage.read_table(run_dir / folder / "data"), storage.read_table(run_dir / folder / "rejected")
+
+
+def test_every_document_is_kept_or_rejected_with_operator_and_reason(run_config, corpus):
+    stats, run_dir = run_config(pipeline_config(corpus))
+    first, second = stats["stages"]
+    assert first["docs_in"] == 400 + 300 + 3
+    assert first["rejected"]["read/malformed_json"] == 1
+    assert first["rejected"]["read/invalid_utf8"] == 1
+    assert first["rejected"]["read/missing_text"] == 1
+    for st in stats["stages"]:
+        assert st["docs_in"] == st["docs_out"] + st["rejected_total"]
+        assert st["bytes_in"] >= st["bytes_out"] > 0
+    assert second["docs_in"] == first["docs_out"]
+    ops = {op["label"]: op for op in first["ops"]}
+    assert ops["length_filter"]["docs_in"] == ops["normalize"]["docs_out"] == first["docs_out"] + ops["length_filter"]["rejected"]
+    kept, rejected = stage_tables(run_dir, "02-filter")
+    assert set(rejected.column("reject_reason").to_pylist()) <= {"too_short", "too_long"}
+    assert pc.min(pc.utf8_length(kept.column("text"))).as_py() >= 60
+    assert "stat.chars" in kept.column_names
+    checks = verify_run(run_dir)
+    assert [c.ok for c in checks] == [True, True], [c.problems for c in checks]
+
+
+def test_resume_skips_the_finished_stage_and_gives_identical_results(run_config, corpus):
+    config = pipeline_config(corpus)
+    stats, run_dir = run_config(config, until="clean")
+    assert [s["name"] for s in stats["stages"]] == ["clean"]
+    first_run_id = stats["stages"][0]["run_id"]
+    before = stage_tables(run_dir, "01-clean")
+
+    stats, _ = run_config(config)  # the rest of the pipeline
+    assert stats["stages"][0]["run_id"] == first_run_id  # stage 1 was skipped, not rerun
+    after_full, _ = stage_tables(run_dir, "02-filter")
+
+    fresh_dir = run_dir.parent / "fresh"
+    shutil.copytree(run_dir, fresh_dir)
+    shutil.rmtree(run_dir)
+    stats, run_dir = run_config(config)  # from scratch
+    assert before[0].equals(stage_tables(run_dir, "01-clean")[0])
+    assert after_full.equals(stage_tables(run_dir, "02-filter")[0])
+
+
+def test_changed_config_reruns_that_stage_and_later_ones(run_config, corpus):
+    config = pipeline_config(corpus)
+    stats, _ = run_config(config)
+    ids = [s["run_id"] for s in stats["stages"]]
+    config["stages"][1]["ops"][0]["length_filter"]["min_chars"] = 80
+    stats, run_dir = run_config(config)
+    assert stats["stages"][0]["run_id"] == ids[0]
+    assert stats["stages"][1]["run_id"] != ids[1]
+    kept, _ = stage_tables(run_dir, "02-filter")
+    assert pc.min(pc.utf8_length(kept.column("text"))).as_py() >= 80
+
+
+def test_one_stage_needs_its_input_finished(run_config, corpus):
+    with pytest.raises(KilnError, match="needs stage 'clean' finished first"):
+        run_config(pipeline_config(corpus), only_stage="filter")
+
+
+def test_analyze_computes_statistics_and_drops_only_unreadable_records(run_config, corpus):
+    stats, run_dir = run_config(pipeline_config(corpus), analyze=True)
+    first = stats["stages"][0]
+    assert set(first["rejected"]) == {"read/malformed_json", "read/invalid_utf8", "read/missing_text"}
+    assert first["would_reject"]["length_filter/too_short"] > 0
+    kept, _ = stage_tables(run_dir / "analyze", "01-clean")
+    assert "stat.chars" in kept.column_names and "would_reject" in kept.column_names
+    assert not (run_dir / "01-clean").exists()  # analyze never touches the real run
+
+
+class ExplodeParams(Params):
+    after: int = 0
+
+
+@register
+class ExplodeOnPurpose(Mapper):
+    """Simulates an operator bug halfway through a stage."""
+
+    name = "test_explode"
+    Params = ExplodeParams
+
+    def map(self, batch: pa.Table) -> pa.Table:
+        raise RuntimeError("simulated crash")
+
+
+def test_a_failing_stage_leaves_no_finished_folder_and_keeps_earlier_stages(run_config, corpus):
+    config = pipeline_config(corpus)
+    config["stages"][1]["ops"].append({"test_explode": {}})
+    with pytest.raises(StageError, match=r"stage 02-filter failed.*simulated crash"):
+        run_config(config)
+    run_dir = next(p for p in corpus.parent.iterdir() if p.name == "run")
+    assert storage.is_finished(run_dir / "01-clean")
+    assert not (run_dir / "02-filter").exists()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".tmp-")]
+    assert [s["name"] for s in json.loads((run_dir / "stats.json").read_text())["stages"]] == ["clean"]
+
+
+@register
+class SameLengthDedup(GlobalOperator):
+    """A test global operator: keeps one document per text length (lowest id)."""
+
+    name = "test_same_length"
+
+
+@global_executor("test_same_length")
+def _run_same_length(op, ds, ctx):
+    def keys(batch: pa.Table) -> pa.Table:
+        return pa.table({"id": batch.column("id"), "n": pc.utf8_length(batch.column("text"))})
+
+    def survivors(group: pa.Table) -> pa.Table:
+        ids = sorted(group.column("id").to_pylist())
+        dups = ids[1:]
+        return pa.table({"id": pa.array(dups, pa.string()), "reason": pa.array(["same_length"] * len(dups), pa.string()),
+                         "detail": pa.array([None] * len(dups), pa.string()), "dup_of": pa.array([ids[0]] * len(dups), pa.string())})
+
+    ctx.extra["groups"] = len(ds.map_batches(keys, batch_format="pyarrow").unique("n"))
+    decisions = ds.map_batches(keys, batch_format="pyarrow").groupby("n").map_groups(survivors, batch_format="pyarrow")
+    return mark_rejected(ds, decisions, op.label, ctx)
+
+
+def test_a_global_operator_sees_the_whole_stage_and_accounting_holds(run_config, corpus):
+    config = pipeline_config(corpus)
+    config["stages"][1]["ops"].insert(0, {"test_same_length": {}})
+    stats, run_dir = run_config(config)
+    second = stats["stages"][1]
+    kept, rejected = stage_tables(run_dir, "02-filter")
+    lengths = pc.utf8_length(kept.column("text")).to_pylist()
+    assert len(lengths) == len(set(lengths))  # one survivor per length across all blocks
+    dups = rejected.filter(pc.equal(rejected.column("reject_op"), "test_same_length"))
+    assert dups.num_rows == second["rejected"]["test_same_length/same_length"] > 0
+    assert all(d < i for d, i in zip(dups.column("dup_of").to_pylist(), dups.column("id").to_pylist()))
+    op_stats = {op["label"]: op for op in second["ops"]}["test_same_length"]
+    assert second["extra"]["test_same_length"]["groups"] == op_stats["docs_out"]
+    assert all(c.ok for c in verify_run(run_dir))
+
+
+def test_verify_catches_a_lost_document(run_config, corpus):
+    _, run_dir = run_config(pipeline_config(corpus))
+    data_file = storage.parquet_files(run_dir / "02-filter" / "data")[0]
+    table = pq.read_table(data_file)
+    pq.write_table(table.slice(1), data_file)
+    checks = verify_run(run_dir)
+    assert checks[0].ok and not checks[1].ok
+    assert any("neither kept nor rejected" in p for p in checks[1].problems)
