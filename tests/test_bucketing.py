@@ -185,8 +185,8 @@ def test_select_cuts_per_language_and_buckets_survivors(run_config, two_language
     assert select["rejected"] == {"perplexity_select/perplexity": 28}
     extra = select["extra"]["perplexity_select"]
     assert extra["column"] == "stat.chars"
-    assert extra["cutoffs"]["zh"] == {"keep_below": 30.0, "head_below": 15.0, "docs": 50,
-                                      "head": 15, "middle": 15, "tail": 20}
+    assert extra["cutoffs"]["zh"] == {"keep_below": 30.0, "head_below": 15.0}
+    assert extra["counts"]["zh"] == {"docs": 50, "head": 15, "middle": 15, "tail": 20}
     assert extra["cutoffs"]["en"]["keep_below"] == 12.0 and extra["cutoffs"]["en"]["head_below"] == 6.0
     assert sum(extra["histograms"]["zh"]["counts"]) == 50
     rejected = read_rows(run_dir / "01-select" / "rejected")
@@ -268,5 +268,5 @@ def test_colossal_and_normalized_buckets(run_config, tmp_path):
 def test_a_missing_statistic_is_a_one_line_error(run_config, two_languages):
     from pipeline.errors import KilnError
 
-    with pytest.raises(KilnError, match="no column stat.ppl.*perplexity operator"):
+    with pytest.raises(KilnError, match=r"no column stat\.ppl.*perplexity operator"):
         run_config({"inputs": two_languages, "stages": [{"name": "s", "ops": [{"perplexity_select": {}}]}]})

@@ -336,6 +336,10 @@ def tiny_causal_lm(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    # One thread: tiny matrices gain nothing from more, and on a busy machine threads
+    # spinning against each other make 60 steps take a minute instead of two seconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     text = ("the cat sat on the mat and the dog sat on the log. " * 8).strip()
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -357,7 +361,8 @@ def tiny_causal_lm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_lm")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return folder
+    yield folder
+    torch.set_num_threads(threads)
 
 
 def test_lm_perplexity_batched_equals_one_by_one(tiny_causal_lm):
@@ -390,7 +395,7 @@ def test_lm_perplexity_ranks_fluent_text_first(tiny_causal_lm):
 
 
 def test_lm_perplexity_model_folder_must_exist(tmp_path):
-    with pytest.raises(ModelError, match="config.json"):
+    with pytest.raises(ModelError, match=r"config\.json"):
         LMPerplexity({"model": str(tmp_path)}).setup()
 
 
@@ -429,7 +434,7 @@ def test_score_select_and_bucket_pipeline(run_config, zh_model, tmp_path):
     assert score["docs_in"] == 140 and score["docs_out"] == 84
     assert score["rejected"] == {"perplexity_select/perplexity": 56}
     cut = score["extra"]["perplexity_select"]["cutoffs"]["zh"]
-    assert cut["docs"] == 140 and cut["head"] == 42 and cut["middle"] == 42 and cut["tail"] == 56
+    assert score["extra"]["perplexity_select"]["counts"]["zh"] == {"docs": 140, "head": 42, "middle": 42, "tail": 56}
     rejected = pq.read_table(next((run_dir / "01-score" / "rejected").glob("*.parquet"))).to_pylist()
     # Every shuffled document falls in the tail.
     assert {r["id"] for r in rejected} >= {f"web:s{i}" for i in range(40)}
@@ -441,6 +446,13 @@ def test_score_select_and_bucket_pipeline(run_config, zh_model, tmp_path):
     assert [b["docs"] for b in buckets] == [28, 28, 28]
     assert sum(b["chars"] for b in buckets) == sum(len(r["text"]) for r in kept)
     assert json.loads((run_dir / "01-score" / "curriculum.json").read_text())["order"] == [0, 1, 2]
+    # The run's report shows the perplexity distribution with the cut lines, and the buckets.
+    from pipeline.report import build_report
+
+    report = build_report(run_dir)
+    (zh,) = report["perplexity"]["per_lang"]
+    assert zh["lang"] == "zh" and zh["cutoffs"] == {"keep_below": cut["keep_below"], "head_below": cut["head_below"]}
+    assert [b["docs"] for b in report["buckets"][0]["buckets"]] == [28, 28, 28]
     by_source: dict[str, int] = {}
     for r in kept:
         by_source[r["source"]] = by_source.get(r["source"], 0) + 1

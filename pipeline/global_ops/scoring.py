@@ -198,10 +198,12 @@ def run_perplexity_select(op: PerplexitySelect, ds: Any, ctx: GlobalContext) -> 
         "keep_fraction": p.keep_fraction,
         "head_fraction": p.head_fraction,
         "group_by": keys,
+        # Only the cut values under `cutoffs`: the report draws each of them as a line.
         "cutoffs": {g: {"keep_below": _finite_or_none(s["keep_below"]),
-                        "head_below": _finite_or_none(s["head_below"]),
-                        "docs": s["docs"], "head": s["head"], "middle": s["middle"], "tail": s["tail"]}
+                        "head_below": _finite_or_none(s["head_below"])}
                     for g, s in sorted(summaries.items())},
+        "counts": {g: {"docs": s["docs"], "head": s["head"], "middle": s["middle"], "tail": s["tail"]}
+                   for g, s in sorted(summaries.items())},
         "histograms": {g: s["histogram"] for g, s in sorted(summaries.items())},
         "docs_scored": docs_scored,
         "missing": p.missing,
