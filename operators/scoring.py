@@ -57,7 +57,7 @@ PREPARATION_DESCRIPTION = (
 )
 
 _NORMALIZER = Normalize()
-_DIGITS = str.maketrans("0123456789", "0000000000")
+_DIGIT = re.compile("[0-9]")  # after NFKC, which folds full-width digits to ASCII
 _CJK = (
     "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
     "\U00020000-\U0002ffff\U00030000-\U0003134f"
@@ -71,19 +71,30 @@ _SENTENCE_BREAK = re.compile(
 )
 
 
+def split_sentences(text: str) -> list[str]:
+    """Steps 1-3 of `kiln-v1`: the document normalized, lower-cased, digits folded, cut into
+    sentences (untokenized; empty ones dropped)."""
+    text = _DIGIT.sub("0", _NORMALIZER.normalize(text).lower())
+    return [s for line in text.split("\n") for s in _SENTENCE_BREAK.split(line) if s.strip()]
+
+
+def tokenize(sentence: str) -> list[str]:
+    """Step 4 of `kiln-v1`: CJK characters alone, other letter/digit runs as words, every
+    other symbol alone."""
+    return _TOKEN.findall(sentence)
+
+
 def prepare_sentences(text: str) -> list[str]:
     """The `kiln-v1` preparation: a document as sentences of space-separated tokens.
 
     The one function both training (`kiln lm train`, `kiln classifier train`) and scoring
     use; empty sentences are dropped."""
-    text = _NORMALIZER.normalize(text).lower().translate(_DIGITS)
-    sentences = []
-    for line in text.split("\n"):
-        for sentence in _SENTENCE_BREAK.split(line):
-            tokens = _TOKEN.findall(sentence)
-            if tokens:
-                sentences.append(" ".join(tokens))
-    return sentences
+    out = []
+    for sentence in split_sentences(text):
+        tokens = _TOKEN.findall(sentence)
+        if tokens:
+            out.append(" ".join(tokens))
+    return out
 
 
 def prepare_paragraphs(text: str) -> list[list[str]]:

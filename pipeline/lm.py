@@ -183,13 +183,41 @@ def fallback_orders(lmplz_log: str) -> list[int]:
     return [int(m) for m in re.findall(r"Substituting fallback discounts for order (\d+)", lmplz_log)]
 
 
+def estimate_kenlm(prepared: Path, output: Path, order: int, memory: str = "1G", prune: Sequence[int] = (),
+                   discount_fallback: bool = True, tmp_dir: Path | None = None, echo=print,
+                   arpa_copy: Path | None = None) -> tuple[list[str], str]:
+    """lmplz on a file of prepared sentences, then build_binary into `output`. Returns the
+    lmplz arguments (without its temporary folder) and its log."""
+    lmplz, build_binary = find_kenlm_tool("lmplz"), find_kenlm_tool("build_binary")
+    with tempfile.TemporaryDirectory(prefix="kiln-lmplz-", dir=tmp_dir or output.parent) as tmp:
+        work = Path(tmp)
+        arpa = work / "model.arpa"
+        args = ["-o", str(order), "-S", memory]
+        if prune:
+            args += ["--prune", *map(str, prune)]
+        if discount_fallback:
+            # Modified Kneser-Ney estimates its discounts from counts of counts (how many
+            # n-grams occur once, twice, ...). On a small corpus some of those are zero and
+            # lmplz refuses to estimate; the fallback then uses fixed discounts (0.5, 1, 1.5)
+            # for the orders that need them. On large corpora it never triggers.
+            args.append("--discount_fallback")
+        echo(f"lmplz {' '.join(args)}")
+        log = _run([str(lmplz), *args, "-T", str(work)], prepared, arpa, "lmplz")
+        binary = work / "model.binary"
+        _run([str(build_binary), str(arpa), str(binary)], None, None, "build_binary")
+        os.replace(binary, output)
+        if arpa_copy is not None:
+            os.replace(arpa, arpa_copy)
+    return args, log
+
+
 def train_kenlm(request: LMTrainRequest, echo=print) -> dict[str, Any]:
     """Prepare the corpus, estimate an order-N model with lmplz, convert it with
     build_binary, and write the card. Returns the card."""
     if request.order < 2:
         raise KilnError("--order must be at least 2")
     lmplz = find_kenlm_tool("lmplz")
-    build_binary = find_kenlm_tool("build_binary")
+    find_kenlm_tool("build_binary")
     output = Path(request.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     stats = CorpusStats()
@@ -202,23 +230,9 @@ def train_kenlm(request: LMTrainRequest, echo=print) -> dict[str, Any]:
         if stats.sentences < request.min_sentences:
             raise KilnError(f"the corpus has only {stats.sentences} sentences after preparation; "
                             f"a language model needs at least {request.min_sentences}")
-        arpa = tmp_dir / "model.arpa"
-        args = ["-o", str(request.order), "-S", request.memory]
-        if request.prune:
-            args += ["--prune", *map(str, request.prune)]
-        if request.discount_fallback:
-            # Modified Kneser-Ney estimates its discounts from counts of counts (how many
-            # n-grams occur once, twice, ...). On a small corpus some of those are zero and
-            # lmplz refuses to estimate; the fallback then uses fixed discounts (0.5, 1, 1.5)
-            # for the orders that need them. On large corpora it never triggers.
-            args.append("--discount_fallback")
-        echo(f"lmplz {' '.join(args)}")
-        lmplz_log = _run([str(lmplz), *args, "-T", str(tmp_dir)], prepared, arpa, "lmplz")
-        tmp_binary = tmp_dir / "model.binary"
-        _run([str(build_binary), str(arpa), str(tmp_binary)], None, None, "build_binary")
-        os.replace(tmp_binary, output)
-        if request.keep_arpa:
-            os.replace(arpa, output.with_suffix(".arpa"))
+        args, lmplz_log = estimate_kenlm(prepared, output, request.order, request.memory, request.prune,
+                                         request.discount_fallback, tmp_dir, echo,
+                                         arpa_copy=output.with_suffix(".arpa") if request.keep_arpa else None)
     card = {
         "kind": "kenlm",
         "language": request.lang,
@@ -255,6 +269,9 @@ class ClassifierTrainRequest:
     word_ngrams: int = 2
     dim: int = 64
     min_count: int = 1
+    # Hash buckets for word n-grams: fastText's default of 2 million makes a 500 MB model
+    # (buckets x dim floats) that every actor would load; 100k keeps it near 26 MB.
+    bucket: int = 100_000
     validation: float = 0.1  # share of each class held out for precision/recall
     balance: bool = True  # downsample the larger class to the size of the smaller
     seed: int = 0
@@ -322,7 +339,7 @@ def train_classifier(request: ClassifierTrainRequest, echo=print) -> dict[str, A
         train_file.write_text("\n".join(train) + "\n", encoding="utf-8")
         model = fasttext.train_supervised(
             input=str(train_file), epoch=request.epoch, lr=request.lr, wordNgrams=request.word_ngrams,
-            dim=request.dim, minCount=request.min_count, loss="softmax", seed=request.seed, thread=1, verbose=0)
+            dim=request.dim, minCount=request.min_count, bucket=request.bucket, loss="softmax", seed=request.seed, thread=1, verbose=0)
         tmp_model = Path(tmp) / "model.bin"
         model.save_model(str(tmp_model))
         os.replace(tmp_model, output)
@@ -346,7 +363,7 @@ def train_classifier(request: ClassifierTrainRequest, echo=print) -> dict[str, A
         "negative": {"files": neg_stats.files, "documents": neg_stats.documents},
         "training": {"positive": len(train_pos), "negative": len(train_neg), "balanced": request.balance,
                      "epoch": request.epoch, "lr": request.lr, "wordNgrams": request.word_ngrams,
-                     "dim": request.dim, "minCount": request.min_count, "seed": request.seed,
+                     "dim": request.dim, "minCount": request.min_count, "bucket": request.bucket, "seed": request.seed,
                      "max_tokens": request.max_tokens},
         "validation": metrics,
         "model": {"file": output.name, "bytes": output.stat().st_size, "sha256": file_sha256(output)},

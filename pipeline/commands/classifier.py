@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--wordNgrams", dest="word_ngrams", type=int, default=2)
     t.add_argument("--dim", type=int, default=64)
     t.add_argument("--minCount", dest="min_count", type=int, default=1)
+    t.add_argument("--bucket", type=int, default=100_000, help="hash buckets for word n-grams (model size)")
     t.add_argument("--validation", type=float, default=0.1, help="held-out share of each class (default 0.1)")
     t.add_argument("--no-balance", dest="balance", action="store_false",
                    help="keep every example instead of downsampling the larger class to the smaller")
@@ -46,7 +47,7 @@ def handle_train(args: argparse.Namespace) -> int:
         raise KilnError("--validation is a share between 0 and 1")
     card = train_classifier(ClassifierTrainRequest(
         positive=args.positive, negative=args.negative, output=Path(args.output), epoch=args.epoch, lr=args.lr,
-        word_ngrams=args.word_ngrams, dim=args.dim, min_count=args.min_count, validation=args.validation,
+        word_ngrams=args.word_ngrams, dim=args.dim, min_count=args.min_count, bucket=args.bucket, validation=args.validation,
         balance=args.balance, seed=args.seed, text_field=args.text_field, txt_mode=args.txt_mode))
     print(f"wrote {args.output} ({card['model']['bytes']:,} bytes) and its card {Path(args.output).with_suffix('.json')}")
     return 0
