@@ -140,7 +140,8 @@ LM_ORDER         ?= 5
 LM_ZH_CORPUS     ?= $(DEMO_DATA)/reference/zh.txt
 LM_EN_CORPUS     ?= $(DEMO_DATA)/reference/en.txt
 QUALITY_POSITIVE ?= $(LM_ZH_CORPUS) $(LM_EN_CORPUS)
-QUALITY_NEGATIVE ?= $(DEMO_DATA)/raw/forum.txt
+# Negative examples for the classifier: what the demo's rule filters rejected.
+QUALITY_NEGATIVE ?= $(RUN)/02-filter/rejected
 .PHONY: lmplz lmplz-if-possible lm-models bench-scoring
 
 setup: lmplz-if-possible
@@ -158,8 +159,12 @@ lmplz-if-possible: $(STAMP)
 
 lm-models: $(MODELS)/lm/zh.binary $(MODELS)/lm/en.binary $(MODELS)/quality.bin  ## train the KenLM models + quality classifier (demo reference text by default)
 
-# The demo's reference and raw files come from `kiln sample` (with truth.jsonl).
-$(DEMO_DATA)/reference/zh.txt $(DEMO_DATA)/reference/en.txt $(DEMO_DATA)/raw/forum.txt: | $(DEMO_DATA)/truth.jsonl ;
+# The demo's reference text comes from `kiln sample` (with truth.jsonl); the rejected
+# documents from running the demo up to its filter stage.
+$(DEMO_DATA)/reference/zh.txt $(DEMO_DATA)/reference/en.txt: | $(DEMO_DATA)/truth.jsonl ;
+
+$(RUN)/02-filter/rejected: | $(DEMO_DATA)/truth.jsonl
+	$(KILN) run $(DEMO_CONFIG) --until filter
 
 $(MODELS)/lm/zh.binary: $(LM_ZH_CORPUS) | lmplz
 	$(KILN) lm train --lang zh --corpus $(LM_ZH_CORPUS) --order $(LM_ORDER) --output $@

@@ -108,7 +108,11 @@ def iter_documents(paths: Sequence[str], stats: CorpusStats, text_field: str = "
     if not paths:
         raise InputError("no corpus files given")
     specs = [InputSpec(path=p, text_field=text_field, txt_mode=txt_mode) for p in paths]
-    for file in expand_inputs(specs):
+    try:
+        files = expand_inputs(specs)
+    except InputError as e:  # name the file, not the position in a config's inputs list
+        raise InputError(re.sub(r"^inputs\[\d+\](\.path)?: ", "", str(e))) from None
+    for file in files:
         stats.files.append({"path": file.path, "bytes": file.size, "sha256": file_sha256(file.path)})
         for table in read_file(file, specs[file.spec_index]):
             rejected = table.column(REJECT_OP).to_pylist()

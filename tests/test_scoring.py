@@ -242,6 +242,18 @@ def test_documents_without_a_model_are_kept_or_rejected(zh_model):
     assert rejected.column("reject_op").to_pylist() == ["perplexity"]
 
 
+def test_max_ppl_rejects_only_above_the_cap(zh_model):
+    model, held = zh_model
+    rng = random.Random(5)
+    table = docs_table([held[0], shuffled_characters(held[0], rng), "English."], ["zh", "zh", "en"])
+    scores = run_operators([Perplexity({"models": {"zh": str(model)}})], table).column("stat.ppl").to_pylist()
+    cap = (scores[0] + scores[1]) / 2
+    op = Perplexity({"models": {"zh": str(model)}, "max_ppl": cap})
+    kept, rejected = split_rejected(run_operators([op], table))
+    assert kept.column("id").to_pylist() == ["d0", "d2"]  # no model for en: kept, unscored
+    assert rejected.column("reject_reason").to_pylist() == ["perplexity"]
+
+
 def test_perplexity_refuses_models_it_cannot_trust(zh_model, tmp_path):
     model, _ = zh_model
     with pytest.raises(ModelError, match="kiln lm train"):
