@@ -157,7 +157,7 @@ lmplz-if-possible: $(STAMP)
 	  echo "setup: KenLM's lmplz could not be built (see above). Everything else works; kiln lm train"; \
 	  echo "       and the tests that need lmplz will say so. Fix the cause and run: make lmplz"; }
 
-lm-models: $(MODELS)/lm/zh.binary $(MODELS)/lm/en.binary $(MODELS)/quality.bin  ## train the KenLM models + quality classifier (demo reference text by default)
+lm-models: $(MODELS)/lm/zh.binary $(MODELS)/lm/en.binary $(MODELS)/quality.ftz  ## train the KenLM models + quality classifier (demo reference text by default)
 
 # The demo's reference text comes from `kiln sample` (with truth.jsonl); the rejected
 # documents from running the demo up to its filter stage.
@@ -172,7 +172,7 @@ $(MODELS)/lm/zh.binary: $(LM_ZH_CORPUS) | lmplz
 $(MODELS)/lm/en.binary: $(LM_EN_CORPUS) | lmplz
 	$(KILN) lm train --lang en --corpus $(LM_EN_CORPUS) --order $(LM_ORDER) --output $@
 
-$(MODELS)/quality.bin: $(QUALITY_POSITIVE) $(QUALITY_NEGATIVE) | setup
+$(MODELS)/quality.ftz: $(QUALITY_POSITIVE) $(QUALITY_NEGATIVE) | setup
 	$(KILN) classifier train --positive $(QUALITY_POSITIVE) --negative $(QUALITY_NEGATIVE) --output $@
 
 bench: bench-scoring  # the scoring benchmark is part of `make bench`

@@ -235,7 +235,7 @@ def bench_fasttext(docs: list[str], wiki: list[str], weibo: list[str], folder: P
     pos, neg = folder / "pos.txt", folder / "neg.txt"
     pos.write_text("".join(t.replace("\n", " ") + "\n" for t in train_pos), encoding="utf-8")
     neg.write_text("".join(t.replace("\n", " ") + "\n" for t in train_neg), encoding="utf-8")
-    model_path = folder / "quality.bin"
+    model_path = folder / "quality.ftz"
     train_classifier(ClassifierTrainRequest(positive=[str(pos)], negative=[str(neg)], output=model_path),
                      echo=lambda _: None)
     op = QualityClassifier({"model": str(model_path), "threshold": 0.5})
