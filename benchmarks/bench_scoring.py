@@ -241,7 +241,7 @@ def bench_fasttext(docs: list[str], wiki: list[str], weibo: list[str], folder: P
     op = QualityClassifier({"model": str(model_path), "threshold": 0.5})
     op.setup()
 
-    # The alternative: the same classifier settings on rjieba words.
+    # The alternative: the same classifier recipe (settings, quantization) on rjieba words.
     def words(text: str) -> str:
         return " ".join(jieba_sentences(text))
 
@@ -251,8 +251,11 @@ def bench_fasttext(docs: list[str], wiki: list[str], weibo: list[str], folder: P
     rng.shuffle(train_lines)
     alt_train = folder / "alt_train.txt"
     alt_train.write_text("\n".join(train_lines) + "\n", encoding="utf-8")
-    alt = fasttext.train_supervised(input=str(alt_train), epoch=10, lr=0.5, wordNgrams=2, dim=64, minCount=1,
-                                    seed=0, thread=1, verbose=0)
+    defaults = ClassifierTrainRequest(positive=[], negative=[], output=model_path)
+    alt = fasttext.train_supervised(input=str(alt_train), epoch=defaults.epoch, lr=defaults.lr,
+                                    wordNgrams=defaults.word_ngrams, dim=defaults.dim, minCount=defaults.min_count,
+                                    bucket=defaults.bucket, seed=0, thread=1, verbose=0)
+    alt.quantize(input=str(alt_train), qnorm=True, retrain=False, cutoff=defaults.cutoff, thread=1)
 
     def quality(model, prepare, texts):
         return positive_probabilities(model, [prepare(t) for t in texts])
