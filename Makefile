@@ -61,7 +61,7 @@ $(DEMO_DATA)/truth.jsonl: | setup
 
 # --- the demo pipeline: one target per stage of configs/pipeline/demo.yaml -----------------
 DEMO_CONFIG := configs/pipeline/demo.yaml
-DEMO_STAGES := normalize filter
+DEMO_STAGES := normalize filter dedup
 .PHONY: demo $(DEMO_STAGES)
 demo: setup $(DEMO_DATA)/truth.jsonl  ## the whole demo on the bundled sample: every stage, verify, report
 	$(KILN) run $(DEMO_CONFIG)
@@ -125,6 +125,51 @@ bench: bench-clean  # the cleaning benchmark is part of `make bench`
 
 bench-clean: setup bench-env  ## cleaning rules vs datatrove Gopher + C4 filters (docs/s per core)
 	$(PY) benchmarks/bench_clean.py
+
+# --- privacy and sensitive topics -------------------------------------------------------
+.PHONY: bench-privacy
+bench: bench-privacy
+bench-privacy: setup bench-env  ## pii_mask, sensitive_filter, ziya_rates: docs/s per core vs datatrove PII and regex alternation
+	$(PY) benchmarks/bench_privacy.py
+
+# --- tokenizer and packing (kiln tokenizer, tokenize_pack, kiln inspect) ----------------------
+# The demo's "base" tokenizer stands in for a LLaMA tokenizer.model: a small English BPE model
+# trained on the demo's English reference text, then expanded with the most frequent Chinese
+# characters and words of its Chinese reference text (compression table printed). The pack
+# stage of configs/pipeline/demo.yaml packs the kept documents into shards with it.
+DEMO_TOKENIZER := runs/tokenizer/demo
+.PHONY: tokenizer pack inspect bench-pack
+tokenizer: $(DEMO_TOKENIZER)/tokenizer.json  ## the demo tokenizer: English base model + Chinese expansion
+
+$(DEMO_TOKENIZER)/tokenizer.json: | setup $(DEMO_DATA)/truth.jsonl
+	$(KILN) tokenizer train $(DEMO_DATA)/reference/en.txt --out $(DEMO_TOKENIZER)-base \
+		--vocab-size 2000 --soft-vocab-limit
+	$(KILN) tokenizer expand --base $(DEMO_TOKENIZER)-base/tokenizer.model \
+		--corpus $(DEMO_DATA)/reference/zh.txt --eval-zh $(DEMO_DATA)/heldout/zh.txt \
+		--eval-en $(DEMO_DATA)/heldout/en.txt --add 3000 --min-char-count 1 --min-word-count 2 \
+		--out $(DEMO_TOKENIZER)
+
+demo: $(DEMO_TOKENIZER)/tokenizer.json
+
+pack: setup $(DEMO_DATA)/truth.jsonl $(DEMO_TOKENIZER)/tokenizer.json  ## run the demo up to the pack stage: shards + manifest (REDO=1 to run it again)
+	$(KILN) run $(DEMO_CONFIG) --until $@ $(if $(REDO),--redo)
+
+inspect: setup  ## decode a few packed sequences of a run's shards: make inspect RUN=runs/demo
+	$(KILN) inspect $(RUN) --rows 3
+
+bench: bench-pack  # the packing benchmark is part of `make bench`
+
+bench-pack: setup  ## tokenize_pack tokens/s vs a plain tokenizers batch encode; padding per pack mode
+	$(PY) benchmarks/bench_pack.py --repeats 5
+
+# --------------------------------------------------------------------------- deduplication
+# rensa (a Rust MinHash, no dependencies) is compared against in the same process family, so
+# it goes into .venv itself; the benchmark skips it when it is missing.
+.PHONY: bench-dedup
+DEDUP_DOCS ?= 100000
+bench-dedup: setup  ## dedup: accuracy vs exact Jaccard, signatures/s, end to end vs datasketch and rensa (DEDUP_DOCS="100000 1000000")
+	$(PY) -c "import rensa" 2>/dev/null || $(VENV)/bin/pip install 'rensa==0.5.0'
+	$(PY) benchmarks/bench_dedup.py --accuracy --docs $(DEDUP_DOCS) --json bench-dedup.json
 
 # --------------------------------------------------------------------------- scoring and buckets
 # KenLM's lmplz and build_binary (which no wheel ships) are built from the kenlm sdist by

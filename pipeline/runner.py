@@ -298,10 +298,19 @@ def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bo
     if memory:
         kwargs["memory"] = memory
     if op.needs_setup() or num_gpus:
+        # By default the pool grows to as many actors as the cluster can hold at once.
+        import ray
+
+        cluster = ray.cluster_resources()
+        if num_gpus:
+            fits = int(cluster.get("GPU", 0) // num_gpus)
+        else:
+            fits = int(cluster.get("CPU", 1) // max(num_cpus, 0.01))
+        max_size = resources.concurrency or max(1, fits)
         return ds.map_batches(
             _ActorOperator,
             fn_constructor_kwargs={"name": op.name, "params": spec.params, "label": op.label, "analyze": analyze},
-            compute=ActorPoolStrategy(min_size=1, max_size=resources.concurrency or 1),
+            compute=ActorPoolStrategy(min_size=1, max_size=max_size),
             **kwargs,
         )
     if resources.concurrency:
