@@ -170,3 +170,57 @@ DEDUP_DOCS ?= 100000
 bench-dedup: setup  ## dedup: accuracy vs exact Jaccard, signatures/s, end to end vs datasketch and rensa (DEDUP_DOCS="100000 1000000")
 	$(PY) -c "import rensa" 2>/dev/null || $(VENV)/bin/pip install 'rensa==0.5.0'
 	$(PY) benchmarks/bench_dedup.py --accuracy --docs $(DEDUP_DOCS) --json bench-dedup.json
+
+# --------------------------------------------------------------------------- scoring and buckets
+# KenLM's lmplz and build_binary (which no wheel ships) are built from the kenlm sdist by
+# scripts/build_lmplz.sh into third_party/kenlm/bin, with Debian's boost/zlib/bz2/lzma dev
+# packages (apt-installed when missing and run as root or with passwordless sudo). `setup`
+# builds them when it can; where it cannot, it prints what to install and goes on, and
+# `kiln lm train` and the tests that need lmplz say so (the tests skip). `make lmplz` is the
+# strict form. The scoring models are trained by kiln itself (`make lm-models`).
+KENLM_DIR        := third_party/kenlm
+LMPLZ            := $(KENLM_DIR)/bin/lmplz
+MODELS           ?= models
+LM_ORDER         ?= 5
+LM_ZH_CORPUS     ?= $(DEMO_DATA)/reference/zh.txt
+LM_EN_CORPUS     ?= $(DEMO_DATA)/reference/en.txt
+QUALITY_POSITIVE ?= $(LM_ZH_CORPUS) $(LM_EN_CORPUS)
+# Negative examples for the classifier: what the demo's rule filters rejected.
+QUALITY_NEGATIVE ?= $(RUN)/02-filter/rejected
+.PHONY: lmplz lmplz-if-possible lm-models bench-scoring
+
+setup: lmplz-if-possible
+
+lmplz: $(LMPLZ)  ## build KenLM's lmplz + build_binary from the kenlm sdist (apt-installs boost if missing)
+
+$(LMPLZ): scripts/build_lmplz.sh | $(STAMP)
+	PYTHON=$(PY) bash scripts/build_lmplz.sh $(KENLM_DIR)
+	touch $@
+
+lmplz-if-possible: $(STAMP)
+	@$(MAKE) --no-print-directory lmplz || { \
+	  echo "setup: KenLM's lmplz could not be built (see above). Everything else works; kiln lm train"; \
+	  echo "       and the tests that need lmplz will say so. Fix the cause and run: make lmplz"; }
+
+lm-models: $(MODELS)/lm/zh.binary $(MODELS)/lm/en.binary $(MODELS)/quality.ftz  ## train the KenLM models + quality classifier (demo reference text by default)
+
+# The demo's reference text comes from `kiln sample` (with truth.jsonl); the rejected
+# documents from running the demo up to its filter stage.
+$(DEMO_DATA)/reference/zh.txt $(DEMO_DATA)/reference/en.txt: | $(DEMO_DATA)/truth.jsonl ;
+
+$(RUN)/02-filter/rejected: | $(DEMO_DATA)/truth.jsonl
+	$(KILN) run $(DEMO_CONFIG) --until filter
+
+$(MODELS)/lm/zh.binary: $(LM_ZH_CORPUS) | lmplz
+	$(KILN) lm train --lang zh --corpus $(LM_ZH_CORPUS) --order $(LM_ORDER) --output $@
+
+$(MODELS)/lm/en.binary: $(LM_EN_CORPUS) | lmplz
+	$(KILN) lm train --lang en --corpus $(LM_EN_CORPUS) --order $(LM_ORDER) --output $@
+
+$(MODELS)/quality.ftz: $(QUALITY_POSITIVE) $(QUALITY_NEGATIVE) | setup
+	$(KILN) classifier train --positive $(QUALITY_POSITIVE) --negative $(QUALITY_NEGATIVE) --output $@
+
+bench: bench-scoring  # the scoring benchmark is part of `make bench`
+
+bench-scoring: setup lmplz  ## KenLM perplexity + fastText classifier docs/s per core vs jieba / SentencePiece preparations
+	$(PY) benchmarks/bench_scoring.py
