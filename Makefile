@@ -61,9 +61,12 @@ $(DEMO_DATA)/truth.jsonl: | setup
 
 # --- the demo pipeline: one target per stage of configs/pipeline/demo.yaml -----------------
 DEMO_CONFIG := configs/pipeline/demo.yaml
-DEMO_STAGES := normalize filter dedup
+DEMO_STAGES := normalize filter dedup score bucket pack
 .PHONY: demo $(DEMO_STAGES)
-demo: setup $(DEMO_DATA)/truth.jsonl  ## the whole demo on the bundled sample: every stage, verify, report
+# The models come first: the KenLM models and the tokenizer from the sample's reference text,
+# the quality classifier also from what the demo's filter stage rejects (which runs the
+# pipeline up to that stage).
+demo: setup $(DEMO_DATA)/truth.jsonl lm-models tokenizer  ## the whole demo on the bundled sample: models, every stage, verify, report
 	$(KILN) run $(DEMO_CONFIG)
 	$(KILN) verify $(RUN)
 	$(KILN) report $(RUN)
@@ -137,7 +140,7 @@ bench-privacy: setup bench-env  ## pii_mask, sensitive_filter, ziya_rates: docs/
 # trained on the demo's English reference text, then expanded with the most frequent Chinese
 # characters and words of its Chinese reference text (compression table printed). The pack
 # stage of configs/pipeline/demo.yaml packs the kept documents into shards with it.
-DEMO_TOKENIZER := runs/tokenizer/demo
+DEMO_TOKENIZER := models/tokenizer/demo
 .PHONY: tokenizer pack inspect bench-pack
 tokenizer: $(DEMO_TOKENIZER)/tokenizer.json  ## the demo tokenizer: English base model + Chinese expansion
 
@@ -149,10 +152,8 @@ $(DEMO_TOKENIZER)/tokenizer.json: | setup $(DEMO_DATA)/truth.jsonl
 		--eval-en $(DEMO_DATA)/heldout/en.txt --add 3000 --min-char-count 1 --min-word-count 2 \
 		--out $(DEMO_TOKENIZER)
 
-demo: $(DEMO_TOKENIZER)/tokenizer.json
-
-pack: setup $(DEMO_DATA)/truth.jsonl $(DEMO_TOKENIZER)/tokenizer.json  ## run the demo up to the pack stage: shards + manifest (REDO=1 to run it again)
-	$(KILN) run $(DEMO_CONFIG) --until $@ $(if $(REDO),--redo)
+score bucket pack: lm-models
+pack: $(DEMO_TOKENIZER)/tokenizer.json
 
 inspect: setup  ## decode a few packed sequences of a run's shards: make inspect RUN=runs/demo
 	$(KILN) inspect $(RUN) --rows 3

@@ -284,11 +284,29 @@ class _ActorOperator:
         return apply_operator(self.op, batch, analyze=self.analyze)
 
 
-def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bool) -> Any:
+def _runs_as_actor(op: Operator, spec: Any) -> bool:
+    gpus = spec.resources.num_gpus if spec.resources.num_gpus is not None else op.resources.num_gpus
+    return op.kind != "global" and (op.needs_setup() or bool(gpus))
+
+
+def actor_cpu_cap(ops: list[tuple[Operator, Any]], cluster_cpus: int) -> float | None:
+    """CPUs each actor may ask for by default so that a stage's actor pools, one actor each,
+    leave a CPU for the read and map tasks: two 1-CPU model operators on a 2-CPU machine
+    would otherwise hold every CPU and the stage would wait forever."""
+    actors = sum(1 for op, spec in ops if _runs_as_actor(op, spec))
+    if not actors:
+        return None
+    return max(0.25, (cluster_cpus - 1) / actors)
+
+
+def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bool,
+                  cpu_cap: float | None = None) -> Any:
     from ray.data import ActorPoolStrategy
 
     resources = spec.resources
     num_cpus = resources.num_cpus if resources.num_cpus is not None else op.resources.num_cpus
+    if resources.num_cpus is None and cpu_cap is not None and _runs_as_actor(op, spec):
+        num_cpus = min(num_cpus, cpu_cap)
     num_gpus = resources.num_gpus if resources.num_gpus is not None else op.resources.num_gpus
     memory = resources.memory if resources.memory is not None else op.resources.memory
     kwargs: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": resources.batch_size or batch_size,
@@ -297,7 +315,7 @@ def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bo
         kwargs["num_gpus"] = num_gpus
     if memory:
         kwargs["memory"] = memory
-    if op.needs_setup() or num_gpus:
+    if _runs_as_actor(op, spec):
         # By default the pool grows to as many actors as the cluster can hold at once.
         import ray
 
@@ -305,7 +323,7 @@ def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bo
         if num_gpus:
             fits = int(cluster.get("GPU", 0) // num_gpus)
         else:
-            fits = int(cluster.get("CPU", 1) // max(num_cpus, 0.01))
+            fits = int(max(1.0, cluster.get("CPU", 1) - 1) // max(num_cpus, 0.01))
         max_size = resources.concurrency or max(1, fits)
         return ds.map_batches(
             _ActorOperator,
@@ -487,12 +505,13 @@ class Runner:
             sink_counts.append(sink.counts)
             return None if final else read_stage_dataset(target, batch_size, num_cpus)
 
+        cpu_cap = actor_cpu_cap(ops, num_cpus)
         segment = 0
         on_disk = False  # ds is a segment just read back, with no operator applied since
         finished = False
         for position, (op, spec) in enumerate(ops):
             if op.kind != "global":
-                ds = _map_operator(ds, op, spec, batch_size, analyze)
+                ds = _map_operator(ds, op, spec, batch_size, analyze, cpu_cap)
                 on_disk = False
                 continue
             if not on_disk:  # a global operator reads its input more than once: from disk

@@ -194,3 +194,24 @@ def test_verify_catches_a_lost_document(run_config, corpus):
     checks = verify_run(run_dir)
     assert checks[0].ok and not checks[1].ok
     assert any("neither kept nor rejected" in p for p in checks[1].problems)
+
+
+def test_actor_pools_leave_a_cpu_for_reading():
+    from operators.base import Mapper as _Mapper
+    from pipeline.config import OpSpec, Resources
+    from pipeline.runner import actor_cpu_cap
+
+    class Model(_Mapper):
+        name = "test_model"
+
+        def setup(self):
+            pass
+
+    def spec(**res):
+        return OpSpec(name="x", params={}, resources=Resources(**res), where="x")
+
+    two_models = [(Model(), spec()), (Model(), spec()), (ExplodeOnPurpose(), spec())]
+    assert actor_cpu_cap(two_models, 2) == 0.5  # two 1-CPU actors on 2 CPUs would starve the reads
+    assert actor_cpu_cap(two_models, 9) == 4.0
+    assert actor_cpu_cap([(ExplodeOnPurpose(), spec())], 2) is None
+    assert actor_cpu_cap([(ExplodeOnPurpose(), spec(num_gpus=1))], 2) == 1.0
