@@ -36,16 +36,34 @@ def _find_cjk_font() -> str | None:
     if _cjk_font is False:
         from matplotlib import font_manager
 
-        names = {f.name for f in font_manager.fontManager.ttflist}
+        manager = font_manager.fontManager
+        names = {f.name for f in manager.ttflist}
+        if not any(n in names for n in CJK_FONTS):
+            # Matplotlib caches the font list once; a CJK font installed since (`make browser`
+            # installs one) is only found by looking at the system's fonts again.
+            known = {f.fname for f in manager.ttflist}
+            for path in font_manager.findSystemFonts():
+                if path not in known:
+                    try:
+                        manager.addfont(path)
+                    except (OSError, RuntimeError, ValueError):
+                        continue
+            names = {f.name for f in manager.ttflist}
         _cjk_font = next((n for n in CJK_FONTS if n in names), None)
     return _cjk_font or None
 
 
 def plot_label(text: Any) -> str:
+    """A label matplotlib can draw: CJK characters are escaped when no CJK font is installed.
+
+    Matplotlib's default font (DejaVu Sans) covers Latin, Greek, Cyrillic and punctuation, so
+    only characters from the CJK blocks on (U+2E80 and up) would render as empty boxes.
+    """
     text = str(text)
-    if text.isascii() or _find_cjk_font():
+    if all(ord(c) < 0x2E80 for c in text) or _find_cjk_font():
         return text
-    return text.encode("ascii", "backslashreplace").decode()
+    return "".join(c if ord(c) < 0x2E80 else c.encode("ascii", "backslashreplace").decode()
+                   for c in text)
 
 
 # --------------------------------------------------------------------------- formatting

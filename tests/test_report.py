@@ -386,3 +386,13 @@ def test_missing_stage_folder_is_a_note_not_a_crash(pipeline_run, tmp_path):
     assert model["funnel"]["docs_out"] == run["stages"][-1]["docs_out"]  # from stats.json
     assert "after" not in model["mix"] and model["evaluation"] is None
     assert "evaluation" in model["notes"]
+
+
+def test_plot_labels_keep_punctuation_and_escape_cjk_only_without_a_cjk_font(monkeypatch):
+    from pipeline import report_html
+
+    monkeypatch.setattr(report_html, "_cjk_font", None)  # looked up: none installed
+    assert report_html.plot_label("01-normalize · read") == "01-normalize · read"
+    assert report_html.plot_label("stat.ppl · zh 中文") == "stat.ppl · zh \\u4e2d\\u6587"
+    monkeypatch.setattr(report_html, "_cjk_font", "WenQuanYi Micro Hei")
+    assert report_html.plot_label("stat.ppl · zh 中文") == "stat.ppl · zh 中文"
