@@ -80,13 +80,14 @@ class RaySession:
 def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: int | None = None,
                 progress: bool = True) -> RaySession:
     """Start a local Ray with the configured CPUs and a capped object store, or join an
-    existing cluster when an address is given. Reuses a Ray already initialised in process."""
+    existing cluster when an address is given. Reuses a Ray already initialised in process.
+    Inside a Ray job (`kiln submit`) RAY_ADDRESS names the job's cluster, which is joined."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     started = False
     if not ray.is_initialized():
-        address = address or config.ray.address
+        address = address or config.ray.address or os.environ.get("RAY_ADDRESS")
         try:
             if address:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
