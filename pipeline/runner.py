@@ -30,7 +30,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
 from operators.base import (
@@ -156,7 +155,7 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int) -> It
 
 def _read_parquet_group(group: list[str], schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
     for path in group:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        for batch in storage.parquet_file(path).iter_batches(batch_size=batch_rows):
             yield conform(pa.Table.from_batches([batch]), schema)
 
 
@@ -205,10 +204,10 @@ def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int
 
         return ray.data.from_arrow(DOC_SCHEMA.empty_table())
     schema = storage.unified_schema(files)
-    file_sizes = [os.path.getsize(f) * 3 for f in files]  # parquet compresses text about 3x
+    file_sizes = [storage.file_size(f) * 3 for f in files]  # parquet compresses text about 3x
     target = max(1 << 20, min(TARGET_READ_BYTES, sum(file_sizes) // max(1, 4 * num_cpus) + 1))
     groups = _group_by_size(files, file_sizes, target)
-    sizes = [sum(os.path.getsize(f) * 3 for f in g) for g in groups]
+    sizes = [sum(storage.file_size(f) * 3 for f in g) for g in groups]
     read = functools.partial(_read_parquet_group, schema=schema, batch_rows=batch_rows)
     return _file_groups_dataset(groups, sizes, read, schema)
 
@@ -362,12 +361,13 @@ class RunRequest:
     progress: bool = True
 
 
-def output_dir(config: PipelineConfig, analyze: bool) -> Path:
-    base = Path(config.run_dir)
+def output_dir(config: PipelineConfig, analyze: bool) -> Path | storage.Location:
+    """The run folder: a local Path, or a Location for a URI (s3://, gs://, hdfs://, file://)."""
+    base = storage.location(config.run_dir)
     return base / "analyze" if analyze else base
 
 
-def stage_dirs(config: PipelineConfig, analyze: bool = False) -> list[Path]:
+def stage_dirs(config: PipelineConfig, analyze: bool = False) -> list[Path | storage.Location]:
     base = output_dir(config, analyze)
     return [base / storage.stage_folder_name(i, s.name) for i, s in enumerate(config.stages)]
 
@@ -428,8 +428,7 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name in storage.clean_stale_tmp(self.run_dir):
             self.echo(f"removed the unfinished stage folder {name} left by an interrupted run")
-        with open(self.run_dir / "config.yaml", "w") as f:
-            yaml.safe_dump(self.config.raw, f, allow_unicode=True, sort_keys=False)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.raw, allow_unicode=True, sort_keys=False))
         planned_index = dict(planned)
         names = [s.name for s in self.config.stages]
         last = names.index(self.request.until) if self.request.until else len(names) - 1

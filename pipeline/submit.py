@@ -20,6 +20,7 @@ a KilnError instead of a hang.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import time
@@ -153,6 +154,8 @@ def submit(request: SubmitRequest, out: Callable[[str], None] = lambda s: print(
     from ray.exceptions import AuthenticationError
 
     address = normalise_address(request.address)
+    # Ray's packaging logs a line per ignored file; kiln says what matters itself.
+    logging.getLogger("ray").setLevel(logging.ERROR)
     if request.kiln_args[:1] == ["run"] and len(request.kiln_args) > 1 and not request.cwd:
         check_relative_paths(request.kiln_args[1])
     client = _client(address, request.token)

@@ -1,0 +1,100 @@
+"""Run folders behind filesystem URIs (here file://, the same code path as s3:// or gs://):
+stages written through pyarrow.fs, published by copy with `_SUCCESS` last, resumed, verified."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from pipeline import storage
+from pipeline.verify import verify_run
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def docs(tmp_path):
+    path = tmp_path / "in.jsonl"
+    with open(path, "w") as f:
+        for i in range(400):
+            f.write(json.dumps({"id": f"d{i}", "text": "word " * (i % 90)}) + "\n")
+    return path
+
+
+def config(docs, output: str) -> dict:
+    return {"run": {"name": "uri", "output": output}, "ray": {"batch_size": 64},
+            "inputs": [{"path": str(docs), "id_field": "id"}],
+            "stages": [{"name": "clean", "ops": [{"normalize": {}}, {"length_filter": {"min_chars": 40}}]},
+                       {"name": "filter", "ops": [{"length_filter": {"min_chars": 200}}]}]}
+
+
+def run(data: dict, **request):
+    from pipeline.config import parse_config
+    from pipeline.runner import RunRequest, run_pipeline
+
+    return run_pipeline(parse_config(data), RunRequest(progress=False, **request), echo=lambda _: None)
+
+
+def test_a_uri_run_folder_is_written_resumed_and_verified(ray_local, docs, tmp_path):
+    uri = (tmp_path / "out").as_uri()
+    stats = run(config(docs, uri), until="clean")
+    first_id = stats["stages"][0]["run_id"]
+    assert stats["run_dir"] == uri
+    stats = run(config(docs, uri))
+    assert stats["stages"][0]["run_id"] == first_id  # finished stage skipped on the URI too
+    assert [c.ok for c in verify_run(uri)] == [True, True]
+    local = tmp_path / "out"
+    assert (local / "02-filter" / "_SUCCESS").exists() and not list(local.glob(".tmp-*"))
+    # The same run as a local folder gives the same rows.
+    run(config(docs, str(tmp_path / "plain")))
+    for stage in ("01-clean", "02-filter"):
+        a = storage.read_table(storage.location(f"{uri}/{stage}/data")).sort_by("id")
+        b = storage.read_table(tmp_path / "plain" / stage / "data").sort_by("id")
+        assert a.column("id").equals(b.column("id")) and a.num_rows > 0
+
+
+def test_publishing_by_copy_writes_success_last_and_replaces_an_old_copy(tmp_path, monkeypatch):
+    base = storage.location((tmp_path / "run").as_uri())
+    old, new = base / "01-a", base / ".tmp-01-a-x"
+    storage.write_parquet_atomic(pa.table({"id": ["old"]}), old / "data" / "p.parquet")
+    storage.write_json(old / "stats.json", {"v": 1})
+    (old / "_SUCCESS").write_text("old\n")
+    storage.write_parquet_atomic(pa.table({"id": ["n1", "n2"]}), new / "data" / "p.parquet")
+    storage.write_json(new / "stats.json", {"v": 2})
+    (new / "_SUCCESS").write_text("new\n")
+
+    order: list[str] = []
+    real_copy = storage._copy_file
+
+    def record(fs, src, dst):
+        order.append(dst.rsplit("/", 1)[-1])
+        assert not storage.is_finished(old)  # never finished while its files change
+        return real_copy(fs, src, dst)
+
+    monkeypatch.setattr(storage, "_copy_file", record)
+    storage.publish(new, old)
+    assert storage.is_finished(old) and storage.read_json(old / "stats.json") == {"v": 2}
+    assert storage.count_rows(old / "data") == 2 and not new.exists()
+    assert sorted(order) == ["p.parquet", "stats.json"]  # _SUCCESS is not copied among them: written last
+    assert (old / "rejected").is_dir()
+
+
+def test_a_copy_cut_short_leaves_an_unfinished_stage(tmp_path, monkeypatch):
+    base = storage.location((tmp_path / "run").as_uri())
+    final, tmp = base / "01-a", base / ".tmp-01-a-y"
+    storage.write_json(final / "stats.json", {"v": 1})
+    (final / "_SUCCESS").write_text("old\n")
+    storage.write_parquet_atomic(pa.table({"id": ["n"]}), tmp / "data" / "p.parquet")
+    storage.write_json(tmp / "stats.json", {"v": 2})
+    (tmp / "_SUCCESS").write_text("new\n")
+
+    def crash(*_args, **_kwargs):
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(storage, "_copy_file", crash)
+    with pytest.raises(OSError):
+        storage.publish(tmp, final)
+    assert not storage.is_finished(final)  # the old copy stopped counting before the copy
+    assert storage.clean_stale_tmp(base) == [".tmp-01-a-y"]
