@@ -25,7 +25,7 @@ def docs(tmp_path):
 
 def config(docs, output: str) -> dict:
     return {"run": {"name": "uri", "output": output}, "ray": {"batch_size": 64},
-            "inputs": [{"path": str(docs), "id_field": "id"}],
+            "inputs": [{"path": docs.as_uri(), "id_field": "id"}],
             "stages": [{"name": "clean", "ops": [{"normalize": {}}, {"length_filter": {"min_chars": 40}}]},
                        {"name": "filter", "ops": [{"length_filter": {"min_chars": 200}}]}]}
 
@@ -35,6 +35,28 @@ def run(data: dict, **request):
     from pipeline.runner import RunRequest, run_pipeline
 
     return run_pipeline(parse_config(data), RunRequest(progress=False, **request), echo=lambda _: None)
+
+
+def test_inputs_behind_uris_read_like_local_files(docs, tmp_path):
+    import gzip
+
+    from pipeline.config import parse_inputs
+    from pipeline.errors import InputError
+    from pipeline.readers import read_inputs
+
+    folder = tmp_path / "uri-in"
+    folder.mkdir()
+    (folder / "a.jsonl.gz").write_bytes(gzip.compress(docs.read_bytes()))
+    (folder / "b.txt").write_text("one line\nanother line\n")
+    (folder / ".hidden.txt").write_text("never read\n")
+    local = pa.concat_tables(read_inputs(parse_inputs([{"path": str(folder)}])))
+    uri = pa.concat_tables(read_inputs(parse_inputs([{"path": folder.as_uri()}])))
+    assert uri.num_rows == local.num_rows == 402
+    assert sorted(uri.column("id").to_pylist()) == sorted(local.column("id").to_pylist())
+    globbed = pa.concat_tables(read_inputs(parse_inputs([{"path": folder.as_uri() + "/*.txt"}])))
+    assert globbed.num_rows == 2
+    with pytest.raises(InputError, match=r"inputs\[0\]\.path: .*missing does not exist"):
+        list(read_inputs(parse_inputs([{"path": (tmp_path / "missing").as_uri()}])))
 
 
 def test_a_uri_run_folder_is_written_resumed_and_verified(ray_local, docs, tmp_path):
