@@ -299,6 +299,26 @@ def actor_cpu_cap(ops: list[tuple[Operator, Any]], cluster_cpus: int) -> float |
     return max(0.25, (cluster_cpus - 1) / actors)
 
 
+def check_fits(spec: Any, num_cpus: float, num_gpus: float, memory: int | None,
+               nodes: list[dict[str, float]] | None = None) -> None:
+    """Fail with the operator's YAML path when no node of the cluster can ever run one of its
+    tasks or actors (a GPU operator on a cluster without GPUs): Ray would wait forever."""
+    if nodes is None:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    asks = {"CPU": num_cpus or 0, "GPU": num_gpus or 0, "memory": memory or 0}
+    if not nodes or any(all(node.get(k, 0) >= v for k, v in asks.items() if v) for node in nodes):
+        return
+    largest = {k: max(node.get(k, 0) for node in nodes) for k in asks}
+    wanted = ", ".join(f"{v:g} {k}" if k != "memory" else f"{v / (1 << 30):.1f} GiB memory"
+                       for k, v in asks.items() if v)
+    have = ", ".join(f"{largest[k]:g} {k}" if k != "memory" else f"{largest[k] / (1 << 30):.1f} GiB memory"
+                     for k, v in asks.items() if v)
+    raise StageError(f"{spec.where}: each task asks for {wanted}, but no node of the cluster has that much "
+                     f"(the largest has {have}); lower {spec.where}.resources or add such a node")
+
+
 def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bool,
                   cpu_cap: float | None = None) -> Any:
     from ray.data import ActorPoolStrategy
@@ -309,6 +329,7 @@ def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bo
         num_cpus = min(num_cpus, cpu_cap)
     num_gpus = resources.num_gpus if resources.num_gpus is not None else op.resources.num_gpus
     memory = resources.memory if resources.memory is not None else op.resources.memory
+    check_fits(spec, num_cpus, num_gpus, memory)
     kwargs: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": resources.batch_size or batch_size,
                               "num_cpus": num_cpus}
     if num_gpus:

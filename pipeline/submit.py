@@ -175,7 +175,12 @@ def submit(request: SubmitRequest, out: Callable[[str], None] = lambda s: print(
     echo(f"submitted job {job_id} to {address} (watch it at {address}/#/jobs/{job_id})")
     if not request.wait:
         return job_id, "SUBMITTED"
-    return job_id, follow(client, address, job_id, request, out, echo)
+    try:
+        return job_id, follow(client, address, job_id, request, out, echo)
+    except KeyboardInterrupt:
+        raise KilnError(f"stopped following job {job_id}; it keeps running on the cluster. Stop it with "
+                        f"`RAY_API_SERVER_ADDRESS={address} ray job stop {job_id}` (with RAY_AUTH_MODE=token and "
+                        "the token); finished stages are kept") from None
 
 
 def follow(client: Any, address: str, job_id: str, request: SubmitRequest, out: Callable[[str], None],
