@@ -74,8 +74,20 @@ def quiet(_: str) -> None:
     pass
 
 
+def _task_nodes(cluster) -> set[str]:
+    """The nodes that ran the cluster's Ray Data tasks, from the head's state API."""
+    import requests
+
+    r = requests.get(f"{cluster.dashboard_url}/api/v0/tasks?limit=10000&detail=1", timeout=30,
+                     headers={"Authorization": f"Bearer {cluster.token}"})
+    r.raise_for_status()
+    tasks = r.json()["data"]["result"]["result"]
+    return {t["node_id"] for t in tasks if t.get("type") == "NORMAL_TASK"
+            and str(t.get("name", "")).startswith(("MapBatches", "ReadKilnRead")) and t.get("node_id")}
+
+
 def test_a_submitted_pipeline_runs_on_the_cluster_and_verifies(cluster, tmp_path):
-    config = pipeline_yaml(tmp_path, docs=300)
+    config = pipeline_yaml(tmp_path, docs=2000)
     logs: list[str] = []
     _, status = submit(SubmitRequest(address=cluster.dashboard_url, kiln_args=["run", str(config)],
                                      token=cluster.token), out=logs.append, echo=quiet)
@@ -84,7 +96,8 @@ def test_a_submitted_pipeline_runs_on_the_cluster_and_verifies(cluster, tmp_path
     assert "done 02-filter" in text
     checks = verify_run(tmp_path / "run")
     assert [c.ok for c in checks] == [True, True], [c.problems for c in checks]
-    assert checks[0].docs_in == 300
+    assert checks[0].docs_in == 2000
+    assert len(_task_nodes(cluster)) == 2  # the stage's tasks ran on the head and on the worker node
 
 
 def test_a_failing_job_is_reported_as_failed(cluster, tmp_path):
