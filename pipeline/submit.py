@@ -53,6 +53,16 @@ class SubmitRequest:
     job_id: str | None = None
 
 
+def kiln_command(positional: list[str]) -> list[str]:
+    """`CONFIG` alone means `run CONFIG`; anything else is a kiln command line."""
+    command = list(positional)
+    if not command:
+        raise KilnError("nothing to submit: give a pipeline config, or a kiln command after --")
+    if len(command) == 1 and command[0].endswith((".yaml", ".yml")):
+        return ["run", command[0]]
+    return command
+
+
 def read_token(token_file: str | None = None) -> str | None:
     """The cluster token, looked up in Ray's order; None when there is none."""
     if token_file:

@@ -108,6 +108,35 @@ def test_a_failing_job_is_reported_as_failed(cluster, tmp_path):
     assert "does not exist" in "".join(logs)
 
 
+def test_the_command_line_submits_run_config_or_any_kiln_command(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+    from pipeline.submit import entrypoint, kiln_command, read_token, runtime_env
+
+    assert kiln_command(["configs/pipeline/clean.yaml"]) == ["run", "configs/pipeline/clean.yaml"]
+    assert kiln_command(["train", "configs/train/tiny.yaml"]) == ["train", "configs/train/tiny.yaml"]
+    upload = SubmitRequest(address="http://h:8265", kiln_args=["train", "configs/train/tiny.yaml"])
+    assert entrypoint(upload) == "python -m pipeline.cli train configs/train/tiny.yaml"
+    env = runtime_env(upload)
+    assert env["working_dir"] == str(Path(__file__).resolve().parents[1]) and "runs" in env["excludes"]
+    here = SubmitRequest(address="http://h:8265", kiln_args=["run", "a b.yaml"], cwd="/srv/kiln")
+    assert entrypoint(here) == "cd /srv/kiln && python -m pipeline.cli run 'a b.yaml'"
+    assert runtime_env(here)["env_vars"]["PYTHONPATH"] == "/srv/kiln" and "working_dir" not in runtime_env(here)
+
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    assert main(["submit", "x.yaml"]) == 2
+    assert "no cluster address" in capsys.readouterr().err
+    assert main(["submit", "--address", "http://h:8265"]) == 2
+    assert "nothing to submit" in capsys.readouterr().err
+
+    (tmp_path / "token").write_text("abc\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert read_token(str(tmp_path / "token")) == "abc"
+    assert read_token() == "from-env"
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert read_token() == "abc"
+
+
 def test_relative_paths_are_refused_before_an_upload(tmp_path):
     (tmp_path / "rel.yaml").write_text(json.dumps({"run": {"name": "x"}, "inputs": ["data/in.jsonl"],
                                                    "stages": [{"name": "a", "ops": ["normalize"]}]}))

@@ -41,16 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from pipeline.errors import KilnError
-    from pipeline.submit import SubmitRequest, exit_code, read_token, submit
+    from pipeline.submit import SubmitRequest, exit_code, kiln_command, read_token, submit
 
     if not args.address:
         raise KilnError("no cluster address: pass --address http://HEAD:8265 (the head's dashboard) or set "
                         "RAY_API_SERVER_ADDRESS")
-    command = list(args.command)
-    if not command:
-        raise KilnError("nothing to submit: give a pipeline config, or a kiln command after --")
-    if len(command) == 1 and command[0].endswith((".yaml", ".yml")):
-        command = ["run", command[0]]
+    command = kiln_command(args.command)
     env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
