@@ -76,6 +76,23 @@ class RaySession:
             ray.shutdown()
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a head that does not answer: ray.init retries a dead GCS address for
+    minutes. `auto` and addresses without a port are left to Ray."""
+    import socket
+
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise KilnError(f"cannot reach the Ray cluster at {address} ({e.strerror or type(e).__name__}): is the "
+                        "head up, and is this its GCS address (HEAD:6379) or client address (ray://HEAD:10001)?") from None
+
+
 def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: int | None = None,
                 progress: bool = True) -> RaySession:
     """Start a local Ray with the configured CPUs and a capped object store, or join an
@@ -87,8 +104,11 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
     started = False
     if not ray.is_initialized():
         address = address or config.ray.address or os.environ.get("RAY_ADDRESS")
+        from ray.exceptions import AuthenticationError
+
         try:
             if address:
+                check_reachable(address)
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
             else:
                 ray.init(
@@ -98,7 +118,12 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
                     logging_level=logging.WARNING,
                 )
         except ConnectionError as e:
-            raise KilnError(f"cannot reach the Ray cluster at {address}: {e}") from None
+            raise KilnError(f"cannot reach the Ray cluster at {address}: {e}. If the cluster runs with token "
+                            "authentication, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
+                            "RAY_AUTH_TOKEN_PATH)") from None
+        except AuthenticationError as e:
+            raise KilnError(f"the Ray cluster at {address} refused to connect: {str(e).split('. ')[0]}; set "
+                            "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
         started = True
     from ray.data import DataContext
 

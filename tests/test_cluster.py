@@ -162,6 +162,23 @@ def test_a_missing_or_wrong_token_is_a_clear_error(cluster, monkeypatch):
         submit(SubmitRequest(address=cluster.dashboard_url, kiln_args=["--help"], token="0" * 32), echo=quiet)
 
 
+
+def test_kiln_run_joining_the_cluster_without_its_token_says_so(cluster, tmp_path):
+    """`kiln run --address HEAD:PORT` from outside the cluster: one line, exit 2, no hang."""
+    import os
+    import subprocess
+    import sys
+
+    config = pipeline_yaml(tmp_path, docs=50)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config), "--address",
+                             cluster.gcs_address, "--no-progress"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "RAY_AUTH_MODE=token" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "01-clean").exists()
+
+
 def _wait_for_log(client, job_id: str, needle: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -230,3 +230,21 @@ def test_an_operator_no_node_can_hold_is_refused_with_its_yaml_path():
     check_fits(spec, 2.0, 0, 6 << 30, cpu_nodes)  # CPUs and memory fit on the first node
     with pytest.raises(StageError, match="3 CPU"):
         check_fits(spec, 3.0, 0, None, cpu_nodes)
+
+
+def test_an_unreachable_cluster_address_fails_fast():
+    import socket
+    import time
+
+    from pipeline.runner import check_reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(KilnError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(KilnError, match="cannot reach"):
+        check_reachable(f"ray://127.0.0.1:{port}")
+    assert time.monotonic() - started < 10
+    check_reachable("auto")  # left to Ray
