@@ -32,8 +32,9 @@ from typing import Any
 from pipeline.errors import KilnError
 
 PROJECT = Path(__file__).resolve().parents[1]
-UPLOAD_EXCLUDES = [".git", ".venv", ".venv-*", "runs", "data", "third_party", "__pycache__", "*.pyc",
-                   ".pytest_cache", ".ruff_cache", "*.egg-info", "docs", "bench-*.json", "*.log"]
+# gitignore syntax; a leading / anchors at the project root (pipeline code may have a data/).
+UPLOAD_EXCLUDES = ["/.git", "/.venv", "/.venv-*", "/runs", "/data", "/third_party", "/docs", "__pycache__",
+                   "*.pyc", ".pytest_cache", ".ruff_cache", "*.egg-info", "/bench-*.json", "*.log"]
 REQUEST_TIMEOUT = 15.0
 AGENT_WAIT = 60.0  # a head that just started answers "No available agent" for a while
 

@@ -117,7 +117,7 @@ def test_the_command_line_submits_run_config_or_any_kiln_command(tmp_path, monke
     upload = SubmitRequest(address="http://h:8265", kiln_args=["train", "configs/train/tiny.yaml"])
     assert entrypoint(upload) == "python -m pipeline.cli train configs/train/tiny.yaml"
     env = runtime_env(upload)
-    assert env["working_dir"] == str(Path(__file__).resolve().parents[1]) and "runs" in env["excludes"]
+    assert env["working_dir"] == str(Path(__file__).resolve().parents[1]) and "/runs" in env["excludes"]
     here = SubmitRequest(address="http://h:8265", kiln_args=["run", "a b.yaml"], cwd="/srv/kiln")
     assert entrypoint(here) == "cd /srv/kiln && python -m pipeline.cli run 'a b.yaml'"
     assert runtime_env(here)["env_vars"]["PYTHONPATH"] == "/srv/kiln" and "working_dir" not in runtime_env(here)
