@@ -460,6 +460,21 @@ def plan(config: PipelineConfig, request: RunRequest) -> list[tuple[int, str]]:
     return runs
 
 
+# Operators whose outputs are written with local file APIs: the shard format and the tokenizer
+# folder are the trainer's contract (trainer/shards.py), read memory-mapped from a file system.
+LOCAL_ONLY_OPS = {"tokenize_pack": "writes Arrow shards and the tokenizer folder the trainer memory-maps"}
+
+
+def check_uri_operators(config: PipelineConfig, run_dir: str) -> None:
+    for stage in config.stages:
+        for spec in stage.ops:
+            if spec.name in LOCAL_ONLY_OPS:
+                raise KilnError(f"{spec.where}: {LOCAL_ONLY_OPS[spec.name]}, which needs a file system path, but "
+                                f"run.output is a URI ({run_dir}); give run.output a shared file system path, or "
+                                "run the stages before it on the URI and pack in a pipeline whose input is their "
+                                "data/ folder")
+
+
 class Runner:
     def __init__(self, config: PipelineConfig, request: RunRequest, echo: Callable[[str], None] = print) -> None:
         self.config = config
@@ -470,6 +485,8 @@ class Runner:
 
     def run(self) -> dict[str, Any]:
         expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
+        if storage.is_uri(self.run_dir):
+            check_uri_operators(self.config, str(self.run_dir))
         planned = plan(self.config, self.request)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name in storage.clean_stale_tmp(self.run_dir):

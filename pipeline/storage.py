@@ -128,6 +128,11 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
 
+    def rename(self, target: Location) -> Location:
+        """Move a file (on object stores a copy and a delete)."""
+        self.fs.move(self.path, target.path)
+        return target
+
     def unlink(self, missing_ok: bool = False) -> None:
         if missing_ok and not self.exists():
             return

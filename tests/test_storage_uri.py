@@ -27,7 +27,7 @@ def config(docs, output: str) -> dict:
     return {"run": {"name": "uri", "output": output}, "ray": {"batch_size": 64},
             "inputs": [{"path": docs.as_uri(), "id_field": "id"}],
             "stages": [{"name": "clean", "ops": [{"normalize": {}}, {"length_filter": {"min_chars": 40}}]},
-                       {"name": "filter", "ops": [{"length_filter": {"min_chars": 200}}]}]}
+                       {"name": "filter", "ops": [{"exact_dedup": {}}, {"length_filter": {"min_chars": 200}}]}]}
 
 
 def run(data: dict, **request):
@@ -120,3 +120,12 @@ def test_a_copy_cut_short_leaves_an_unfinished_stage(tmp_path, monkeypatch):
         storage.publish(tmp, final)
     assert not storage.is_finished(final)  # the old copy stopped counting before the copy
     assert storage.clean_stale_tmp(base) == [".tmp-01-a-y"]
+
+
+def test_packing_into_a_uri_run_folder_is_refused_with_the_yaml_path(docs, tmp_path):
+    from pipeline.errors import KilnError
+
+    data = config(docs, (tmp_path / "out").as_uri())
+    data["stages"].append({"name": "pack", "ops": [{"tokenize_pack": {"tokenizer": str(tmp_path / "tok")}}]})
+    with pytest.raises(KilnError, match=r"stages\[2\]\.ops\[0\]\.tokenize_pack: writes Arrow shards"):
+        run(data)
