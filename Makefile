@@ -225,3 +225,33 @@ bench: bench-scoring  # the scoring benchmark is part of `make bench`
 
 bench-scoring: setup lmplz  ## KenLM perplexity + fastText classifier docs/s per core vs jieba / SentencePiece preparations
 	$(PY) benchmarks/bench_scoring.py
+
+# --------------------------------------------------------------------------- Ray cluster
+# `kiln cluster up` starts a head (dashboard + job server on DASHBOARD_PORT, token auth on, its
+# token in CLUSTER_DIR/auth_token) and CLUSTER_WORKERS worker nodes on 127.0.0.1, each with its
+# own temporary folder and free ports; `cluster-down` stops only those processes (never
+# `ray stop`, which would stop every Ray of the machine). `make submit` runs CONFIG on the
+# cluster at ADDRESS as a Ray job; SUBMIT_CWD (this checkout) is where the job runs, which
+# suits a local cluster or a shared file system; SUBMIT_CWD= uploads the project instead.
+CLUSTER_DIR     ?= /tmp/kiln-cluster
+CLUSTER_WORKERS ?= 1
+DASHBOARD_PORT  ?= 8265
+ADDRESS         ?= http://127.0.0.1:$(DASHBOARD_PORT)
+TOKEN_FILE      ?= $(CLUSTER_DIR)/auth_token
+SUBMIT_CWD      ?= $(CURDIR)
+.PHONY: cluster-up cluster-down submit bench-cluster
+
+cluster-up: setup  ## local Ray cluster: head (dashboard on DASHBOARD_PORT) + CLUSTER_WORKERS worker nodes on 127.0.0.1
+	$(KILN) cluster up --dir $(CLUSTER_DIR) --workers $(CLUSTER_WORKERS) --dashboard-port $(DASHBOARD_PORT)
+
+cluster-down: setup  ## stop the nodes that cluster-up started (and nothing else)
+	$(KILN) cluster down --dir $(CLUSTER_DIR)
+
+submit: setup  ## run CONFIG on the Ray cluster at ADDRESS as a job, logs streamed (TOKEN_FILE, SUBMIT_CWD)
+	$(KILN) submit $(CONFIG) --address $(ADDRESS) $(if $(wildcard $(TOKEN_FILE)),--token-file $(TOKEN_FILE)) \
+		$(if $(SUBMIT_CWD),--cwd $(SUBMIT_CWD))
+
+bench: bench-cluster  # the cluster benchmark is part of `make bench`
+
+bench-cluster: setup  ## filter pipeline docs/s via kiln submit on 1 and on 2 local worker nodes
+	$(PY) benchmarks/bench_cluster.py

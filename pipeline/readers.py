@@ -11,12 +11,15 @@ Ids are stable across reruns: `<source>:<id field>` when the input names an id f
 `<source>:<file>` (one document per file).
 
 These are plain generators, used in process by `kiln verify` and tests, and wrapped in a Ray
-Datasource by the runner.
+Datasource by the runner. An input path may be a filesystem URI pyarrow understands (s3://,
+gs://, hdfs://, file://): a file, a folder or a glob, read through pyarrow.fs, so that every
+node of a cluster reads the same data.
 """
 
 from __future__ import annotations
 
 import bz2
+import fnmatch
 import glob
 import gzip
 import io
@@ -29,9 +32,9 @@ from typing import Any, BinaryIO
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from operators.base import REJECT_DETAIL, REJECT_OP, REJECT_REASON
+from pipeline import storage
 from pipeline.config import InputSpec
 from pipeline.errors import InputError
 
@@ -95,6 +98,9 @@ def expand_inputs(specs: list[InputSpec]) -> list[InputFile]:
     files: list[InputFile] = []
     for index, spec in enumerate(specs):
         where = f"inputs[{index}].path"
+        if storage.is_uri(spec.path):
+            files.extend(_expand_uri(spec, index, where))
+            continue
         if any(ch in spec.path for ch in "*?["):
             matches = sorted(glob.glob(spec.path, recursive=True))
             base = Path(spec.path.split("*")[0].split("?")[0].split("[")[0])
@@ -125,9 +131,47 @@ def expand_inputs(specs: list[InputSpec]) -> list[InputFile]:
     return files
 
 
+def _expand_uri(spec: InputSpec, index: int, where: str) -> list[InputFile]:
+    """A URI input (s3://, gs://, hdfs://, file://): one file, a folder (every file below it,
+    hidden ones left out) or a glob, listed through pyarrow.fs."""
+    path = spec.path.rstrip("/")
+    wild = [path.index(ch) for ch in "*?[" if ch in path]
+    try:
+        if wild:
+            base = storage.Location(path[: min(wild)].rsplit("/", 1)[0])
+            matches = [(str(base / rel), info.size) for rel, info in base.files()  # like glob: no hidden files
+                       if fnmatch.fnmatch(str(base / rel), path) and not rel.rsplit("/", 1)[-1].startswith(".")]
+        else:
+            target = storage.Location(path)
+            if target.is_dir():
+                base = target
+                matches = [(str(base / rel), info.size) for rel, info in base.files()
+                           if not rel.rsplit("/", 1)[-1].startswith(".")]
+            elif target.is_file():
+                base, matches = target.parent, [(str(target), target.size())]
+            else:
+                raise InputError(f"{where}: {spec.path} does not exist")
+    except OSError as e:
+        raise InputError(f"{where}: cannot list {spec.path}: {e}") from None
+    if not matches:
+        raise InputError(f"{where}: no files match {spec.path}")
+    files = []
+    for uri, size in matches:
+        fmt, compression = _split_suffixes(uri)
+        fmt = fmt if spec.format == "auto" else spec.format
+        if fmt is None:
+            raise InputError(f"{where}: cannot tell the format of {uri}; set inputs[{index}].format")
+        if fmt == "parquet":
+            _check_parquet(uri, spec, index)
+        files.append(InputFile(path=uri, relative=uri[len(str(base)):].lstrip("/"), format=fmt,
+                               compression=compression, source=spec.source or _default_source(uri),
+                               spec_index=index, size=int(size or 0)))
+    return files
+
+
 def _check_parquet(path: str, spec: InputSpec, index: int) -> None:
     try:
-        schema = pq.read_schema(path)
+        schema = storage.parquet_file(path).schema_arrow
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"inputs[{index}]: {path} is not a readable parquet file: {e}") from None
     if spec.text_field.split(".")[0] not in schema.names:
@@ -136,17 +180,22 @@ def _check_parquet(path: str, spec: InputSpec, index: int) -> None:
 
 
 def _open(file: InputFile) -> BinaryIO:
+    raw: Any = file.path
+    if storage.is_uri(file.path):  # a stream from pyarrow.fs, decompressed here like a local file
+        fs, inner = storage.resolve_uri(file.path)
+        raw = fs.open_input_stream(inner, compression=None)
     if file.compression == "gzip":
-        return gzip.open(file.path, "rb")
+        return gzip.open(raw, "rb")
     if file.compression == "bz2":
-        return bz2.open(file.path, "rb")
+        return bz2.open(raw, "rb")
     if file.compression == "xz":
-        return lzma.open(file.path, "rb")
+        return lzma.open(raw, "rb")
     if file.compression == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(file.path, "rb"), closefd=True)
-    return open(file.path, "rb")
+        return zstandard.ZstdDecompressor().stream_reader(raw if not isinstance(raw, str) else open(raw, "rb"),
+                                                          closefd=True)
+    return open(raw, "rb") if isinstance(raw, str) else raw
 
 
 class _Batcher:
@@ -332,7 +381,7 @@ def _record_row(file: InputFile, spec: InputSpec, where: str, detail: str, recor
 
 
 def _parquet_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
-    parquet = pq.ParquetFile(file.path)
+    parquet = storage.parquet_file(file.path)
     row = 0
     for batch in parquet.iter_batches(batch_size=4096):
         for record in batch.to_pylist():

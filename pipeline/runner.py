@@ -30,7 +30,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
 from operators.base import (
@@ -77,18 +76,39 @@ class RaySession:
             ray.shutdown()
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a head that does not answer: ray.init retries a dead GCS address for
+    minutes. `auto` and addresses without a port are left to Ray."""
+    import socket
+
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise KilnError(f"cannot reach the Ray cluster at {address} ({e.strerror or type(e).__name__}): is the "
+                        "head up, and is this its GCS address (HEAD:6379) or client address (ray://HEAD:10001)?") from None
+
+
 def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: int | None = None,
                 progress: bool = True) -> RaySession:
     """Start a local Ray with the configured CPUs and a capped object store, or join an
-    existing cluster when an address is given. Reuses a Ray already initialised in process."""
+    existing cluster when an address is given. Reuses a Ray already initialised in process.
+    Inside a Ray job (`kiln submit`) RAY_ADDRESS names the job's cluster, which is joined."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     started = False
     if not ray.is_initialized():
-        address = address or config.ray.address
+        address = address or config.ray.address or os.environ.get("RAY_ADDRESS")
+        from ray.exceptions import AuthenticationError
+
         try:
             if address:
+                check_reachable(address)
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
             else:
                 ray.init(
@@ -98,7 +118,12 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
                     logging_level=logging.WARNING,
                 )
         except ConnectionError as e:
-            raise KilnError(f"cannot reach the Ray cluster at {address}: {e}") from None
+            raise KilnError(f"cannot reach the Ray cluster at {address}: {e}. If the cluster runs with token "
+                            "authentication, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
+                            "RAY_AUTH_TOKEN_PATH)") from None
+        except AuthenticationError as e:
+            raise KilnError(f"the Ray cluster at {address} refused to connect: {str(e).split('. ')[0]}; set "
+                            "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
         started = True
     from ray.data import DataContext
 
@@ -155,7 +180,7 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int) -> It
 
 def _read_parquet_group(group: list[str], schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
     for path in group:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        for batch in storage.parquet_file(path).iter_batches(batch_size=batch_rows):
             yield conform(pa.Table.from_batches([batch]), schema)
 
 
@@ -204,10 +229,10 @@ def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int
 
         return ray.data.from_arrow(DOC_SCHEMA.empty_table())
     schema = storage.unified_schema(files)
-    file_sizes = [os.path.getsize(f) * 3 for f in files]  # parquet compresses text about 3x
+    file_sizes = [storage.file_size(f) * 3 for f in files]  # parquet compresses text about 3x
     target = max(1 << 20, min(TARGET_READ_BYTES, sum(file_sizes) // max(1, 4 * num_cpus) + 1))
     groups = _group_by_size(files, file_sizes, target)
-    sizes = [sum(os.path.getsize(f) * 3 for f in g) for g in groups]
+    sizes = [sum(storage.file_size(f) * 3 for f in g) for g in groups]
     read = functools.partial(_read_parquet_group, schema=schema, batch_rows=batch_rows)
     return _file_groups_dataset(groups, sizes, read, schema)
 
@@ -299,6 +324,26 @@ def actor_cpu_cap(ops: list[tuple[Operator, Any]], cluster_cpus: int) -> float |
     return max(0.25, (cluster_cpus - 1) / actors)
 
 
+def check_fits(spec: Any, num_cpus: float, num_gpus: float, memory: int | None,
+               nodes: list[dict[str, float]] | None = None) -> None:
+    """Fail with the operator's YAML path when no node of the cluster can ever run one of its
+    tasks or actors (a GPU operator on a cluster without GPUs): Ray would wait forever."""
+    if nodes is None:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    asks = {"CPU": num_cpus or 0, "GPU": num_gpus or 0, "memory": memory or 0}
+    if not nodes or any(all(node.get(k, 0) >= v for k, v in asks.items() if v) for node in nodes):
+        return
+    largest = {k: max(node.get(k, 0) for node in nodes) for k in asks}
+    wanted = ", ".join(f"{v:g} {k}" if k != "memory" else f"{v / (1 << 30):.1f} GiB memory"
+                       for k, v in asks.items() if v)
+    have = ", ".join(f"{largest[k]:g} {k}" if k != "memory" else f"{largest[k] / (1 << 30):.1f} GiB memory"
+                     for k, v in asks.items() if v)
+    raise StageError(f"{spec.where}: each task asks for {wanted}, but no node of the cluster has that much "
+                     f"(the largest has {have}); lower {spec.where}.resources or add such a node")
+
+
 def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bool,
                   cpu_cap: float | None = None) -> Any:
     from ray.data import ActorPoolStrategy
@@ -309,6 +354,7 @@ def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bo
         num_cpus = min(num_cpus, cpu_cap)
     num_gpus = resources.num_gpus if resources.num_gpus is not None else op.resources.num_gpus
     memory = resources.memory if resources.memory is not None else op.resources.memory
+    check_fits(spec, num_cpus, num_gpus, memory)
     kwargs: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": resources.batch_size or batch_size,
                               "num_cpus": num_cpus}
     if num_gpus:
@@ -361,12 +407,13 @@ class RunRequest:
     progress: bool = True
 
 
-def output_dir(config: PipelineConfig, analyze: bool) -> Path:
-    base = Path(config.run_dir)
+def output_dir(config: PipelineConfig, analyze: bool) -> Path | storage.Location:
+    """The run folder: a local Path, or a Location for a URI (s3://, gs://, hdfs://, file://)."""
+    base = storage.location(config.run_dir)
     return base / "analyze" if analyze else base
 
 
-def stage_dirs(config: PipelineConfig, analyze: bool = False) -> list[Path]:
+def stage_dirs(config: PipelineConfig, analyze: bool = False) -> list[Path | storage.Location]:
     base = output_dir(config, analyze)
     return [base / storage.stage_folder_name(i, s.name) for i, s in enumerate(config.stages)]
 
@@ -413,6 +460,21 @@ def plan(config: PipelineConfig, request: RunRequest) -> list[tuple[int, str]]:
     return runs
 
 
+# Operators whose outputs are written with local file APIs: the shard format and the tokenizer
+# folder are the trainer's contract (trainer/shards.py), read memory-mapped from a file system.
+LOCAL_ONLY_OPS = {"tokenize_pack": "writes Arrow shards and the tokenizer folder the trainer memory-maps"}
+
+
+def check_uri_operators(config: PipelineConfig, run_dir: str) -> None:
+    for stage in config.stages:
+        for spec in stage.ops:
+            if spec.name in LOCAL_ONLY_OPS:
+                raise KilnError(f"{spec.where}: {LOCAL_ONLY_OPS[spec.name]}, which needs a file system path, but "
+                                f"run.output is a URI ({run_dir}); give run.output a shared file system path, or "
+                                "run the stages before it on the URI and pack in a pipeline whose input is their "
+                                "data/ folder")
+
+
 class Runner:
     def __init__(self, config: PipelineConfig, request: RunRequest, echo: Callable[[str], None] = print) -> None:
         self.config = config
@@ -423,12 +485,13 @@ class Runner:
 
     def run(self) -> dict[str, Any]:
         expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
+        if storage.is_uri(self.run_dir):
+            check_uri_operators(self.config, str(self.run_dir))
         planned = plan(self.config, self.request)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name in storage.clean_stale_tmp(self.run_dir):
             self.echo(f"removed the unfinished stage folder {name} left by an interrupted run")
-        with open(self.run_dir / "config.yaml", "w") as f:
-            yaml.safe_dump(self.config.raw, f, allow_unicode=True, sort_keys=False)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.raw, allow_unicode=True, sort_keys=False))
         planned_index = dict(planned)
         names = [s.name for s in self.config.stages]
         last = names.index(self.request.until) if self.request.until else len(names) - 1

@@ -69,7 +69,7 @@ def _compare(expected: pa.Array, kept: pa.Array, rejected: pa.Array, check: Stag
 
 
 def verify_run(run_dir: str | Path) -> list[StageCheck]:
-    run_dir = Path(run_dir)
+    run_dir = storage.location(run_dir)  # a local folder or a URI
     if not (run_dir / storage.STATS).exists():
         raise KilnError(f"{run_dir} is not a kiln run folder (no {storage.STATS}); run `kiln run CONFIG` first")
     run_stats = storage.read_json(run_dir / storage.STATS)

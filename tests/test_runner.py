@@ -215,3 +215,36 @@ def test_actor_pools_leave_a_cpu_for_reading():
     assert actor_cpu_cap(two_models, 9) == 4.0
     assert actor_cpu_cap([(ExplodeOnPurpose(), spec())], 2) is None
     assert actor_cpu_cap([(ExplodeOnPurpose(), spec(num_gpus=1))], 2) == 1.0
+
+
+def test_an_operator_no_node_can_hold_is_refused_with_its_yaml_path():
+    from pipeline.config import OpSpec, Resources
+    from pipeline.runner import check_fits
+
+    spec = OpSpec(name="x", params={}, resources=Resources(num_gpus=1), where="stages[2].ops[0].perplexity")
+    cpu_nodes = [{"CPU": 2.0, "memory": 8e9}, {"CPU": 1.0, "memory": 4e9}]
+    with pytest.raises(StageError, match=r"stages\[2\]\.ops\[0\]\.perplexity: each task asks for 1 CPU, 1 GPU.*"
+                                         r"the largest has 2 CPU, 0 GPU"):
+        check_fits(spec, 1.0, 1.0, None, cpu_nodes)
+    check_fits(spec, 1.0, 1.0, None, [*cpu_nodes, {"CPU": 8.0, "GPU": 1.0}])  # a GPU node: fine
+    check_fits(spec, 2.0, 0, 6 << 30, cpu_nodes)  # CPUs and memory fit on the first node
+    with pytest.raises(StageError, match="3 CPU"):
+        check_fits(spec, 3.0, 0, None, cpu_nodes)
+
+
+def test_an_unreachable_cluster_address_fails_fast():
+    import socket
+    import time
+
+    from pipeline.runner import check_reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(KilnError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(KilnError, match="cannot reach"):
+        check_reachable(f"ray://127.0.0.1:{port}")
+    assert time.monotonic() - started < 10
+    check_reachable("auto")  # left to Ray
