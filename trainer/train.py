@@ -18,6 +18,7 @@ model). The loop, phase by phase:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,9 +39,6 @@ from pipeline.errors import InputError, KilnError
 from trainer import model as M
 from trainer.config import TrainConfig
 from trainer.data import DataPlan, ShardData
-
-# DCP says it assumes a single process when torch.distributed is not initialised: that is the intent.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
 
@@ -80,6 +78,14 @@ def memory_gb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP warns that it assumes one process when torch.distributed is not started: that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 class Dist:
@@ -132,7 +138,8 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, plan: DataPlan, e
         tmp.mkdir(parents=True)
     env.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _quiet_dcp():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     env.barrier()
     if env.main:
         state = {"step": step, "sequences_consumed": step * plan.global_batch, "global_batch": plan.global_batch,
@@ -158,7 +165,8 @@ def load_checkpoint(path: Path, model, optimizer, plan: DataPlan) -> int:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
     try:
-        dcp.load(sd, checkpoint_id=str(path))
+        with _quiet_dcp():
+            dcp.load(sd, checkpoint_id=str(path))
     except Exception as e:  # DCP raises CheckpointException/RuntimeError for mismatched models
         raise KilnError(f"{path}: cannot resume, the checkpoint does not match this model/config ({str(e)[:300]}); "
                         "use a new output or --set train.resume=false") from None
