@@ -7,6 +7,7 @@ Everything runs on CPU on tiny self-made shards (tests/train_fixtures.py), each 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -25,7 +26,7 @@ from trainer.train import lr_at, train
 
 # Losses of the first 8 steps of F.train_config on F.write_shards (seed 0), bf16 autocast on
 # CPU. Tolerance covers bf16 kernel differences between CPUs; the curve itself falls by ~0.7.
-GOLDEN = [3.381989, 3.295891, 3.120241, 3.040741, 2.924374, 2.790917, 2.722861, 2.697853]
+GOLDEN = [3.381956, 3.295935, 3.120154, 3.04071, 2.924409, 2.790912, 2.72285, 2.697857]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_resume_with_another_batch_size_is_refused(shards, tmp_path):
 def test_lr_warms_up_then_decays_to_the_floor():
     lrs = [lr_at(s, 100, 1.0, 10, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert lrs[-1] == pytest.approx(0.1)
 
 
@@ -291,7 +292,7 @@ def test_config_errors_name_the_yaml_path(shards, tmp_path):
         parse_train_config(cfg)
     cfg = F.train_config(shards, tmp_path / "run")
     cfg["model"]["checkpoint"] = "x"
-    with pytest.raises(ConfigError, match="exactly one of model.checkpoint"):
+    with pytest.raises(ConfigError, match=r"exactly one of model\.checkpoint"):
         parse_train_config(cfg)
     with pytest.raises(ConfigError, match=r"train\.micro_batch_size"):
         parse_train_config(F.train_config(shards, tmp_path / "run"), ["train.micro_batch_size=0"])

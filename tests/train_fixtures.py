@@ -4,6 +4,7 @@ trainer.shards.ShardWriter, and a small LLaMA config. Nothing depends on the dem
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def pack(docs: list[np.ndarray], seq_len: int) -> tuple[np.ndarray, list[list[in
     doc_lens, masks = [], []
     for r in range(rows):
         cuts = [0] + [s - r * seq_len for s in sorted(starts) if r * seq_len < s < (r + 1) * seq_len] + [seq_len]
-        lens = [b - a for a, b in zip(cuts, cuts[1:]) if b > a]
+        lens = [b - a for a, b in itertools.pairwise(cuts) if b > a]
         doc_lens.append(lens)
         masks.append(loss_mask_from_doc_lens(lens))
     return ids, doc_lens, np.stack(masks), [0] * rows
