@@ -95,6 +95,13 @@ def test_golden_loss_curve(shards, tmp_path):
     assert summary["steps"] == 8 and summary["config"]["train"]["max_steps"] == 8
 
 
+def test_activation_checkpointing_gives_the_same_curve(shards, tmp_path):
+    cfg = F.train_config(shards, tmp_path / "run", max_steps=3)
+    cfg["model"]["activation_checkpointing"] = True
+    train(parse_train_config(cfg))
+    assert losses(tmp_path / "run") == pytest.approx(GOLDEN[:3], abs=1e-3)
+
+
 def test_resume_continues_the_uninterrupted_curve(shards, tmp_path):
     out = tmp_path / "run"
     run(shards, out, checkpoint_every=4, keep_checkpoints=3)

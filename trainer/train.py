@@ -266,7 +266,11 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
     hf_config = model.config
     hf_config.use_cache = False
     if mc.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed gradient_ to activation_checkpointing_enable (the old name warns).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(env.device)
     if env.world > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -283,7 +287,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
     decay = [p for n, p in model.named_parameters() if not M.no_decay(n, p)]
     keep = [p for n, p in model.named_parameters() if M.no_decay(n, p)]
     embedding_params = {id(p) for n, p in model.named_parameters() if M.is_embedding(n)}
-    fused = env.device.type == "cuda"
+    # Fused AdamW (one kernel per step) exists for CUDA and, since torch 2.4, CPU fp32 params.
+    fused = env.device.type in ("cuda", "cpu")
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                                    {"params": keep, "weight_decay": 0.0}],
                                   lr=tc.lr, betas=tc.betas, eps=1e-8, fused=fused)
@@ -344,8 +349,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
             tok_log += plan.tokens_per_step
             last_loss = float(env.all_sum(loss_sum) / targets)
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", phase=phase.name, refresh=False)
+                bar.update(1)
 
             if step % tc.log_every == 0 or step == plan.steps:
                 if env.device.type == "cuda":
