@@ -59,3 +59,21 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "dual" / "final")
     b = AutoModelForCausalLM.from_pretrained(single.final_dir)
     assert max((x.float() - y.float()).abs().max().item() for x, y in zip(a.parameters(), b.parameters())) < 0.05
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_train_launcher_runs_two_ranks(tmp_path, monkeypatch):
+    """`kiln train --ray-address local --ray-workers 2`: Ray Train's TorchTrainer sets up gloo,
+    each worker runs the same loop; the curve matches the one-process golden curve."""
+    from test_trainer import GOLDEN
+
+    from pipeline.cli import main
+
+    shards = F.write_shards(tmp_path / "shards")
+    config = tmp_path / "ray.yaml"
+    config.write_text(yaml.safe_dump(F.train_config(shards, tmp_path / "run", micro_batch_size=2)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    assert main(["train", str(config), "--ray-address", "local", "--ray-workers", "2"]) == 0
+    assert losses(tmp_path / "run") == pytest.approx(GOLDEN, abs=0.03)
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
