@@ -27,6 +27,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,16 +203,18 @@ def export_hf(model, hf_config, out: Path, tokenizer_dir: Path, dtype: str, env:
 # ------------------------------------------------------------------------------ the run
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Run (or resume) a training run; `on_step(step)` is called after every optimizer step
+    (benchmarks time steps with it)."""
     t_start = time.time()
     env = Dist()
     try:
-        return _train(cfg, env, t_start)
+        return _train(cfg, env, t_start, on_step)
     finally:
         env.close()
 
 
-def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
+def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int], None] | None) -> TrainResult:
     from transformers import LlamaConfig
 
     tc, mc = cfg.train, cfg.model
@@ -348,6 +351,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
             step += 1
             tok_log += plan.tokens_per_step
             last_loss = float(env.all_sum(loss_sum) / targets)
+            if on_step is not None:
+                on_step(step)
             if bar is not None:
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", phase=phase.name, refresh=False)
                 bar.update(1)
