@@ -119,6 +119,13 @@ def test_resume_continues_the_uninterrupted_curve(shards, tmp_path):
     assert resumed == pytest.approx(full, abs=1e-5)
 
 
+def test_rerunning_a_finished_run_trains_nothing_more(shards, tmp_path):
+    first = run(shards, tmp_path / "run", max_steps=3)
+    again = run(shards, tmp_path / "run", max_steps=3)
+    assert again.steps == 3 and again.final_loss == pytest.approx(first.final_loss)
+    assert len(losses(tmp_path / "run")) == 3
+
+
 def test_keeps_only_the_last_checkpoints(shards, tmp_path):
     out = tmp_path / "run"
     run(shards, out, max_steps=6, checkpoint_every=2, keep_checkpoints=2)

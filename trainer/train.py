@@ -251,7 +251,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
         hf_config = M.llama_config(mc.config, None, shard_vocab, data.seq_len, special)
     assert isinstance(hf_config, LlamaConfig)
     sized = LlamaConfig(**{**hf_config.to_dict(), "vocab_size": max(hf_config.vocab_size, shard_vocab)})
-    n_params, _ = M.count_params(sized)
+    n_params, n_embedding = M.count_params(sized)
     need = M.estimate_memory_bytes(n_params, sized, tc.micro_batch_size, data.seq_len, env.world,
                                    mc.activation_checkpointing)
     have = M.available_memory_bytes(env.device)
@@ -274,8 +274,9 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(env.device)
-    if env.world > 1:
+    if env.world == 1:
+        model.to(env.device)
+    else:  # fully_shard moves each rank's shard to its device; the full model never goes there
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         # bf16 all-gathers and compute on GPU, fp32 gradient reduction; fp32 master shards.
@@ -302,6 +303,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
         step = load_checkpoint(found[-1][1], model, optimizer, plan)
         if env.main:
             print(f"resuming from {found[-1][1]} (step {step})", file=sys.stderr)
+    start_step = step
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         _trim_metrics(out / "metrics.jsonl", step)
@@ -309,7 +311,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
 
     # ---- 4-5. steps and logging ---------------------------------------------------------------
     peak = M.peak_tflops(env.device)
-    fpt = M.flops_per_token(n_params, hf_config.num_hidden_layers, hf_config.hidden_size, data.seq_len)
+    # The input embedding is a lookup, not a matmul: it does not count towards 6N.
+    fpt = M.flops_per_token(n_params - n_embedding, hf_config.num_hidden_layers, hf_config.hidden_size, data.seq_len)
     metrics = open(out / "metrics.jsonl", "a") if env.main else None  # noqa: SIM115 - closed in finally
     tb = _tensorboard(out) if env.main else None
     bar = _progress(plan.steps, step, env.main and tc.progress)
@@ -395,7 +398,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
             print(f"\nsaving a checkpoint at step {step} before stopping", file=sys.stderr)
             save_checkpoint(ckpt_dir, step, model, optimizer, plan, env, tc.keep_checkpoints, meta)
 
-    save_checkpoint(ckpt_dir, step, model, optimizer, plan, env, tc.keep_checkpoints, meta)
+    if step != start_step or not any(s == step for s, _ in list_checkpoints(ckpt_dir)):
+        save_checkpoint(ckpt_dir, step, model, optimizer, plan, env, tc.keep_checkpoints, meta)
     final = export_hf(model, hf_config, out / "final", tok_dir, mc.export_dtype, env)
     result = TrainResult(output_dir=out, final_dir=final, steps=step, tokens=step * plan.tokens_per_step,
                          final_loss=last_loss if not math.isnan(last_loss) else _last_logged_loss(out))
@@ -412,7 +416,13 @@ def _trim_metrics(path: Path, step: int) -> None:
     """A resumed run rewrites the steps after its checkpoint; drop their old lines."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
     path.write_text("".join(line + "\n" for line in kept))
 
 
