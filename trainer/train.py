@@ -335,7 +335,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
             for b in micro:
                 ids, pos, labels = (x.to(env.device, non_blocking=True) for x in (b.input_ids, b.position_ids, b.labels))
                 with autocast:
-                    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+                    logits = M.packed_forward(model, ids, pos, attention)
                 loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                        labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
                 (loss / targets).backward()
