@@ -320,6 +320,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
     last_loss, t_log, tok_log = float("nan"), time.time(), 0
     meta = {"config_source": cfg.source_path, "vocab_rows_added": added}
     interrupted = False
+    t_loop = time.time()
     try:
         while step < plan.steps:
             phase = plan.phase_at(step)
@@ -376,8 +377,10 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
                 if tb is not None:
                     for k in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops"):
                         tb.add_scalar(f"train/{k}", row[k], step)
-                if env.main and bar is None and tc.progress:
-                    print(json.dumps(row), file=sys.stderr)
+                if env.main and bar is None:  # no bar (progress: false, or a log file): one line per log
+                    eta = (plan.steps - step) * (time.time() - t_loop) / max(1, step - start_step)
+                    print(f"step {step}/{plan.steps}  loss {last_loss:.4f}  lr {lr:.2e}  {tps:,.0f} tokens/s  "
+                          f"phase {phase.name}  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
                 t_log, tok_log = time.time(), 0
 
             # ---- 6. checkpoints ---------------------------------------------------------------
