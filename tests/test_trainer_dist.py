@@ -1,11 +1,13 @@
 """Two ranks under torchrun (gloo, CPU, FSDP2 fully_shard) train like one process with the same
-global batch: the loss curves agree within bf16 tolerance, and the checkpoint and HF export
-gathered from the shards load."""
+global batch: the loss curves agree within bf16 tolerance, a run resumed from the sharded
+checkpoint continues the same curve, and the HF export gathered from the shards loads. The
+same through Ray Train's TorchTrainer."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,6 +58,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     state = json.loads((tmp_path / "dual" / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
     assert state["global_batch"] == 4 and state["sequences_consumed"] == 16
     assert len(list((tmp_path / "dual" / "checkpoints" / "step-000008").glob("*.distcp"))) == 2  # one per rank
+    # Resume from the sharded step-4 checkpoint under torchrun: the same curve again.
+    shutil.rmtree(tmp_path / "dual" / "checkpoints" / "step-000008")
+    shutil.rmtree(tmp_path / "dual" / "final")
+    cmd[cmd.index("--master_port") + 1] = str(free_port())
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr
+    assert losses(tmp_path / "dual") == pytest.approx(two, abs=1e-5)
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "dual" / "final")
     b = AutoModelForCausalLM.from_pretrained(single.final_dir)
     assert max((x.float() - y.float()).abs().max().item() for x, y in zip(a.parameters(), b.parameters())) < 0.05
