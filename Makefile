@@ -255,3 +255,23 @@ bench: bench-cluster  # the cluster benchmark is part of `make bench`
 
 bench-cluster: setup  ## filter pipeline docs/s via kiln submit on 1 and on 2 local worker nodes
 	$(PY) benchmarks/bench_cluster.py
+# ------------------------------------------------------------------------------- training
+# `make train` trains configs/train/tiny.yaml on the demo's shards; rerunning it resumes from
+# the last checkpoint (Ctrl-C saves one). TRAIN_CONFIG picks another config, TRAIN_ARGS adds
+# `--set key=value` overrides.
+TRAIN_CONFIG ?= configs/train/tiny.yaml
+TRAIN_ARGS   ?=
+.PHONY: train bench-train
+train: setup  ## train the tiny LLaMA on runs/demo/shards (rerun to resume): make train [TRAIN_CONFIG=...]
+	@if [ "$(TRAIN_CONFIG)" = configs/train/tiny.yaml ] && [ ! -f $(RUN)/shards/manifest.json ]; then \
+	  echo "make train: no shards at $(RUN)/shards - run \`make demo\` first (it packs the demo corpus into shards)"; \
+	  exit 2; fi
+	$(KILN) train $(TRAIN_CONFIG) $(TRAIN_ARGS)
+
+bench: bench-train  # the training benchmark is part of `make bench`
+
+# transformers' Trainer needs accelerate; it goes into .venv itself (the `bench` extra lists it).
+bench-train: setup  ## training tokens/s on CPU: kiln's loop vs transformers' Trainer, tiny LLaMA on runs/demo/shards
+	@[ -f $(RUN)/shards/manifest.json ] || { echo "make bench-train: no shards at $(RUN)/shards - run \`make demo\` first"; exit 2; }
+	$(PY) -c "import accelerate" 2>/dev/null || $(VENV)/bin/pip install 'accelerate==1.16.0'
+	$(PY) benchmarks/bench_train.py --shards $(RUN)/shards
