@@ -225,3 +225,16 @@ bench: bench-scoring  # the scoring benchmark is part of `make bench`
 
 bench-scoring: setup lmplz  ## KenLM perplexity + fastText classifier docs/s per core vs jieba / SentencePiece preparations
 	$(PY) benchmarks/bench_scoring.py
+
+# ------------------------------------------------------------------------------- training
+# `make train` trains configs/train/tiny.yaml on the demo's shards; rerunning it resumes from
+# the last checkpoint (Ctrl-C saves one). TRAIN_CONFIG picks another config, TRAIN_ARGS adds
+# `--set key=value` overrides.
+TRAIN_CONFIG ?= configs/train/tiny.yaml
+TRAIN_ARGS   ?=
+.PHONY: train bench-train
+train: setup  ## train the tiny LLaMA on runs/demo/shards (rerun to resume): make train [TRAIN_CONFIG=...]
+	@if [ "$(TRAIN_CONFIG)" = configs/train/tiny.yaml ] && [ ! -f $(RUN)/shards/manifest.json ]; then \
+	  echo "make train: no shards at $(RUN)/shards - run \`make demo\` first (it packs the demo corpus into shards)"; \
+	  exit 2; fi
+	$(KILN) train $(TRAIN_CONFIG) $(TRAIN_ARGS)

@@ -1,0 +1,200 @@
+"""The model side of training: build or load a LLaMA, fit its vocabulary to the shards'
+tokenizer, choose the attention kernel, and know its own FLOPs and memory needs.
+
+Vocabulary expansion follows Colossal-LLaMA-2: when the shards were tokenized with an
+expanded tokenizer (new pieces appended after the base vocabulary), each new row of the input
+embeddings and of lm_head starts as the mean of the rows of the pieces the *old* tokenizer
+splits that token's text into, so a new token starts where its old spelling pointed.
+
+Packed sequences: `position_ids` restart at 0 for every document. With no attention mask and
+no cache, transformers 5 derives the document boundaries from them (masking_utils
+`find_packed_sequence_indices`): a block-diagonal causal mask for sdpa/eager, varlen
+(cu_seqlens) kernels for flash_attention_2. tests/test_trainer.py checks the isolation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import ConfigError, InputError, KilnError
+
+# Dense bf16 peak per device, TFLOPS (no sparsity), for MFU.
+PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def attention_implementation(requested: str) -> str:
+    if requested != "auto":
+        if requested == "flash_attention_2" and not flash_attention_available():
+            raise KilnError("model.attention: flash_attention_2 needs the flash-attn package and a CUDA GPU")
+        return requested
+    return "flash_attention_2" if flash_attention_available() else "sdpa"
+
+
+def flash_attention_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def flops_per_token(n_params: int, layers: int, hidden: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the weights plus 12·L·H·T for attention scores and
+    values (PaLM appendix B), with T the full sequence length, an upper bound for packed
+    documents, which attend only within themselves."""
+    return 6.0 * n_params + 12.0 * layers * hidden * seq_len
+
+
+def check_checkpoint(path: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(f"model.checkpoint: {folder} is not a folder (a local HF LLaMA checkpoint is needed; "
+                         "nothing is downloaded)")
+    if not (folder / "config.json").exists():
+        raise InputError(f"model.checkpoint: {folder} has no config.json (not an HF model folder)")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise InputError(f"model.checkpoint: {folder} has no weights (*.safetensors or *.bin)")
+    return folder
+
+
+def llama_config(opts_config: dict[str, Any] | None, checkpoint: str | None, vocab_size: int, seq_len: int,
+                 special: dict[str, int | None]):
+    from transformers import LlamaConfig
+
+    if checkpoint:
+        return LlamaConfig.from_pretrained(checkpoint)
+    kwargs = {"max_position_embeddings": max(seq_len, 2048), "tie_word_embeddings": False, **(opts_config or {})}
+    try:
+        return LlamaConfig(vocab_size=vocab_size, bos_token_id=special.get("bos_id"), eos_token_id=special["eos_id"],
+                           pad_token_id=special["pad_id"], **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.config: {e}") from None
+
+
+def count_params(config) -> tuple[int, int]:
+    """(all parameters, embedding parameters) without allocating the model."""
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel()
+    return total, emb
+
+
+def estimate_memory_bytes(n_params: int, config, micro_batch: int, seq_len: int, world: int,
+                          activation_checkpointing: bool) -> int:
+    """fp32 weights + grads + AdamW moments (16 B/param, sharded over ranks by FSDP) plus bf16
+    activations: ~34·b·T·H bytes per layer without checkpointing (Korthikanti et al.), 2·b·T·H with,
+    plus fp32 logits and their gradient."""
+    b, t, h = micro_batch, seq_len, config.hidden_size
+    per_layer = (2 if activation_checkpointing else 34) * b * t * h
+    logits = 3 * 4 * b * t * config.vocab_size
+    return 16 * n_params // world + config.num_hidden_layers * per_layer + logits
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def load_tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).exists() for f in ("tokenizer.json", "tokenizer.model"))
+
+
+def check_tokenizers(old, new, old_vocab: int) -> None:
+    """The shards' tokenizer must extend the model's: the first `old_vocab` ids name the same pieces."""
+    n = min(old_vocab, len(old), len(new))
+    old_pieces = old.convert_ids_to_tokens(list(range(n)))
+    new_pieces = new.convert_ids_to_tokens(list(range(n)))
+    bad = [i for i in range(n) if old_pieces[i] != new_pieces[i]]
+    if bad:
+        i = bad[0]
+        raise InputError(f"the shards were tokenized with a different tokenizer than the model's: {len(bad)} of "
+                         f"the model's first {n} ids differ (id {i}: model {old_pieces[i]!r}, shards {new_pieces[i]!r})")
+
+
+def mean_init_rows(model, new_vocab: int, pieces_of: Callable[[int], Sequence[int]]) -> int:
+    """Resize the model to `new_vocab` rows and set each new input/output row to the mean of the
+    old rows `pieces_of(token_id)` (the old tokenizer's split of that token). Returns rows added."""
+    old_vocab = model.get_input_embeddings().weight.shape[0]
+    if new_vocab <= old_vocab:
+        return 0
+    model.resize_token_embeddings(new_vocab, mean_resizing=False)
+    inp = model.get_input_embeddings().weight
+    out = model.get_output_embeddings().weight if model.get_output_embeddings() is not None else None
+    with torch.no_grad():
+        for tid in range(old_vocab, new_vocab):
+            ids = [i for i in pieces_of(tid) if 0 <= i < old_vocab]
+            idx = torch.tensor(ids, dtype=torch.long) if ids else torch.arange(old_vocab)
+            inp[tid] = inp[idx].mean(0)
+            if out is not None and out.data_ptr() != inp.data_ptr():
+                out[tid] = out[idx].mean(0)
+    return new_vocab - old_vocab
+
+
+def expand_vocabulary(model, old_tok, new_tok, new_vocab: int) -> int:
+    def pieces_of(tid: int) -> list[int]:
+        text = new_tok.decode([tid])
+        return old_tok.encode(text, add_special_tokens=False) if text else []
+
+    return mean_init_rows(model, new_vocab, pieces_of)
+
+
+def build_model(config, checkpoint: str | None, attention: str, seed: int):
+    """fp32 master weights; bf16 compute comes from autocast / FSDP mixed precision."""
+    from transformers import LlamaForCausalLM
+
+    if checkpoint:
+        try:
+            return LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation=attention)
+        except (OSError, ValueError) as e:
+            raise InputError(f"model.checkpoint: cannot load {checkpoint}: {e}") from None
+    torch.manual_seed(seed)
+    config._attn_implementation = attention
+    return LlamaForCausalLM(config).to(torch.float32)
+
+
+def is_embedding(name: str) -> bool:
+    return "embed_tokens" in name or name.startswith("lm_head") or ".lm_head" in name
+
+
+def no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Norm weights, biases (any 1-D tensor) are not decayed."""
+    return param.ndim < 2 or "norm" in name or name.endswith(".bias")
+
+
+def copy_tokenizer(src: Path, dest: Path) -> None:
+    import shutil
+
+    for name in (*TOKENIZER_FILES, "added_tokens.json"):
+        if (src / name).exists():
+            shutil.copy2(src / name, dest / name)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
