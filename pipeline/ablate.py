@@ -297,7 +297,7 @@ def _train_arm(arm: str, train_template: dict[str, Any], shards: Path, budget: i
     cfg["data"]["shards"] = str(shards)
     cfg["data"]["order"] = "curriculum" if arm == "curriculum" else "shuffle"
     cfg.setdefault("train", {})
-    cfg["train"].pop("max_steps", None) if "max_tokens" in cfg["train"] else None
+    cfg["train"].pop("max_steps", None)  # the budget is in tokens, the same for every arm
     cfg["train"]["max_tokens"] = budget
     path = out_dir / f"{arm}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
