@@ -239,6 +239,14 @@ train: setup  ## train the tiny LLaMA on runs/demo/shards (rerun to resume): mak
 	  exit 2; fi
 	$(KILN) train $(TRAIN_CONFIG) $(TRAIN_ARGS)
 
+bench: bench-train  # the training benchmark is part of `make bench`
+
+# transformers' Trainer needs accelerate; it goes into .venv itself (the `bench` extra lists it).
+bench-train: setup  ## training tokens/s on CPU: kiln's loop vs transformers' Trainer, tiny LLaMA on runs/demo/shards
+	@[ -f $(RUN)/shards/manifest.json ] || { echo "make bench-train: no shards at $(RUN)/shards - run \`make demo\` first"; exit 2; }
+	$(PY) -c "import accelerate" 2>/dev/null || $(VENV)/bin/pip install 'accelerate==1.16.0'
+	$(PY) benchmarks/bench_train.py --shards $(RUN)/shards
+
 # ------------------------------------------------------------------ evaluation and ablation
 # `make eval` scores a model folder (default: `make train`'s export) on the demo's held-out
 # text; EVAL_ARGS takes any `kiln eval` options, e.g. --choice mmlu.jsonl --dev mmlu_dev.jsonl.

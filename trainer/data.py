@@ -134,13 +134,12 @@ def phase_order(data: ShardData, phase: Phase, order: str, n: int, seed: int, sa
             pools.append(sel)
             ratios.append(ratio)
         weights = np.array(ratios) / sum(ratios)
-        # Deterministic weighted interleave: each position goes to the pool furthest behind its share.
-        counts = np.zeros(len(pools))
-        choice = np.empty(n, dtype=np.int64)
-        for i in range(n):
-            k = int(np.argmax(weights * (i + 1) - counts))
-            choice[i] = k
-            counts[k] += 1
+        # Deterministic smooth interleave: pool k's j-th sequence is due at time (j + 0.5) / w_k;
+        # merging all pools by due time gives every prefix its shares (to within one sequence).
+        due = [(np.arange(math.ceil(n * w) + 1) + 0.5) / w for w in weights]
+        owner = np.concatenate([np.full(len(d), k) for k, d in enumerate(due)])
+        choice = owner[np.argsort(np.concatenate(due), kind="stable")][:n]
+        counts = np.bincount(choice, minlength=len(pools))
         streams = [_cycle(pool, int(counts[k]), seed, salt * 1000 + k) for k, pool in enumerate(pools)]
         out = np.empty(n, dtype=np.int64)
         for k, stream in enumerate(streams):

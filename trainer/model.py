@@ -7,9 +7,12 @@ embeddings and of lm_head starts as the mean of the rows of the pieces the *old*
 splits that token's text into, so a new token starts where its old spelling pointed.
 
 Packed sequences: `position_ids` restart at 0 for every document. With no attention mask and
-no cache, transformers 5 derives the document boundaries from them (masking_utils
-`find_packed_sequence_indices`): a block-diagonal causal mask for sdpa/eager, varlen
-(cu_seqlens) kernels for flash_attention_2. tests/test_trainer.py checks the isolation.
+no cache, transformers 5 derives the document boundaries from them: for sdpa/eager a
+block-diagonal causal mask per row (masking_utils `find_packed_sequence_indices`); for
+flash_attention_2 varlen kernels with cu_seqlens, but only for a batch of one row
+(`_is_packed_sequence` requires batch_size == 1), so `packed_forward` flattens the micro-batch
+into one row there (each row starts at position 0, so rows stay apart too).
+tests/test_trainer.py checks the isolation.
 """
 
 from __future__ import annotations
@@ -177,6 +180,16 @@ def build_model(config, checkpoint: str | None, attention: str, seed: int):
     torch.manual_seed(seed)
     config._attn_implementation = attention
     return LlamaForCausalLM(config).to(torch.float32)
+
+
+def packed_forward(model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention: str) -> torch.Tensor:
+    """Logits (b, T, V) of packed rows, documents isolated by their position_ids."""
+    b, t = input_ids.shape
+    if attention == "flash_attention_2" and b > 1:
+        logits = model(input_ids=input_ids.reshape(1, -1), position_ids=position_ids.reshape(1, -1),
+                       use_cache=False).logits
+        return logits.reshape(b, t, -1)
+    return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
 
 def is_embedding(name: str) -> bool:

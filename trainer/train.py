@@ -18,6 +18,7 @@ model). The loop, phase by phase:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,6 @@ from pipeline.errors import InputError, KilnError
 from trainer import model as M
 from trainer.config import TrainConfig
 from trainer.data import DataPlan, ShardData
-
-# DCP says it assumes a single process when torch.distributed is not initialised: that is the intent.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
 
@@ -80,6 +79,14 @@ def memory_gb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP warns that it assumes one process when torch.distributed is not started: that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 class Dist:
@@ -132,7 +139,8 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, plan: DataPlan, e
         tmp.mkdir(parents=True)
     env.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _quiet_dcp():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     env.barrier()
     if env.main:
         state = {"step": step, "sequences_consumed": step * plan.global_batch, "global_batch": plan.global_batch,
@@ -158,7 +166,8 @@ def load_checkpoint(path: Path, model, optimizer, plan: DataPlan) -> int:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
     try:
-        dcp.load(sd, checkpoint_id=str(path))
+        with _quiet_dcp():
+            dcp.load(sd, checkpoint_id=str(path))
     except Exception as e:  # DCP raises CheckpointException/RuntimeError for mismatched models
         raise KilnError(f"{path}: cannot resume, the checkpoint does not match this model/config ({str(e)[:300]}); "
                         "use a new output or --set train.resume=false") from None
@@ -194,16 +203,18 @@ def export_hf(model, hf_config, out: Path, tokenizer_dir: Path, dtype: str, env:
 # ------------------------------------------------------------------------------ the run
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Run (or resume) a training run; `on_step(step)` is called after every optimizer step
+    (benchmarks time steps with it)."""
     t_start = time.time()
     env = Dist()
     try:
-        return _train(cfg, env, t_start)
+        return _train(cfg, env, t_start, on_step)
     finally:
         env.close()
 
 
-def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
+def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int], None] | None) -> TrainResult:
     from transformers import LlamaConfig
 
     tc, mc = cfg.train, cfg.model
@@ -240,7 +251,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
         hf_config = M.llama_config(mc.config, None, shard_vocab, data.seq_len, special)
     assert isinstance(hf_config, LlamaConfig)
     sized = LlamaConfig(**{**hf_config.to_dict(), "vocab_size": max(hf_config.vocab_size, shard_vocab)})
-    n_params, _ = M.count_params(sized)
+    n_params, n_embedding = M.count_params(sized)
     need = M.estimate_memory_bytes(n_params, sized, tc.micro_batch_size, data.seq_len, env.world,
                                    mc.activation_checkpointing)
     have = M.available_memory_bytes(env.device)
@@ -258,9 +269,14 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
     hf_config = model.config
     hf_config.use_cache = False
     if mc.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(env.device)
-    if env.world > 1:
+        # transformers 5 renamed gradient_ to activation_checkpointing_enable (the old name warns).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if env.world == 1:
+        model.to(env.device)
+    else:  # fully_shard moves each rank's shard to its device; the full model never goes there
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         # bf16 all-gathers and compute on GPU, fp32 gradient reduction; fp32 master shards.
@@ -275,7 +291,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
     decay = [p for n, p in model.named_parameters() if not M.no_decay(n, p)]
     keep = [p for n, p in model.named_parameters() if M.no_decay(n, p)]
     embedding_params = {id(p) for n, p in model.named_parameters() if M.is_embedding(n)}
-    fused = env.device.type == "cuda"
+    # Fused AdamW (one kernel per step) exists for CUDA and, since torch 2.4, CPU fp32 params.
+    fused = env.device.type in ("cuda", "cpu")
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                                    {"params": keep, "weight_decay": 0.0}],
                                   lr=tc.lr, betas=tc.betas, eps=1e-8, fused=fused)
@@ -286,6 +303,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
         step = load_checkpoint(found[-1][1], model, optimizer, plan)
         if env.main:
             print(f"resuming from {found[-1][1]} (step {step})", file=sys.stderr)
+    start_step = step
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         _trim_metrics(out / "metrics.jsonl", step)
@@ -293,7 +311,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
 
     # ---- 4-5. steps and logging ---------------------------------------------------------------
     peak = M.peak_tflops(env.device)
-    fpt = M.flops_per_token(n_params, hf_config.num_hidden_layers, hf_config.hidden_size, data.seq_len)
+    # The input embedding is a lookup, not a matmul: it does not count towards 6N.
+    fpt = M.flops_per_token(n_params - n_embedding, hf_config.num_hidden_layers, hf_config.hidden_size, data.seq_len)
     metrics = open(out / "metrics.jsonl", "a") if env.main else None  # noqa: SIM115 - closed in finally
     tb = _tensorboard(out) if env.main else None
     bar = _progress(plan.steps, step, env.main and tc.progress)
@@ -301,6 +320,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
     last_loss, t_log, tok_log = float("nan"), time.time(), 0
     meta = {"config_source": cfg.source_path, "vocab_rows_added": added}
     interrupted = False
+    t_loop = time.time()
     try:
         while step < plan.steps:
             phase = plan.phase_at(step)
@@ -316,7 +336,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
             for b in micro:
                 ids, pos, labels = (x.to(env.device, non_blocking=True) for x in (b.input_ids, b.position_ids, b.labels))
                 with autocast:
-                    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+                    logits = M.packed_forward(model, ids, pos, attention)
                 loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                        labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
                 (loss / targets).backward()
@@ -335,9 +355,11 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
             step += 1
             tok_log += plan.tokens_per_step
             last_loss = float(env.all_sum(loss_sum) / targets)
+            if on_step is not None:
+                on_step(step)
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", phase=phase.name, refresh=False)
+                bar.update(1)
 
             if step % tc.log_every == 0 or step == plan.steps:
                 if env.device.type == "cuda":
@@ -355,8 +377,10 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
                 if tb is not None:
                     for k in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops"):
                         tb.add_scalar(f"train/{k}", row[k], step)
-                if env.main and bar is None and tc.progress:
-                    print(json.dumps(row), file=sys.stderr)
+                if env.main and bar is None:  # no bar (progress: false, or a log file): one line per log
+                    eta = (plan.steps - step) * (time.time() - t_loop) / max(1, step - start_step)
+                    print(f"step {step}/{plan.steps}  loss {last_loss:.4f}  lr {lr:.2e}  {tps:,.0f} tokens/s  "
+                          f"phase {phase.name}  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
                 t_log, tok_log = time.time(), 0
 
             # ---- 6. checkpoints ---------------------------------------------------------------
@@ -377,7 +401,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float) -> TrainResult:
             print(f"\nsaving a checkpoint at step {step} before stopping", file=sys.stderr)
             save_checkpoint(ckpt_dir, step, model, optimizer, plan, env, tc.keep_checkpoints, meta)
 
-    save_checkpoint(ckpt_dir, step, model, optimizer, plan, env, tc.keep_checkpoints, meta)
+    if step != start_step or not any(s == step for s, _ in list_checkpoints(ckpt_dir)):
+        save_checkpoint(ckpt_dir, step, model, optimizer, plan, env, tc.keep_checkpoints, meta)
     final = export_hf(model, hf_config, out / "final", tok_dir, mc.export_dtype, env)
     result = TrainResult(output_dir=out, final_dir=final, steps=step, tokens=step * plan.tokens_per_step,
                          final_loss=last_loss if not math.isnan(last_loss) else _last_logged_loss(out))
@@ -394,7 +419,13 @@ def _trim_metrics(path: Path, step: int) -> None:
     """A resumed run rewrites the steps after its checkpoint; drop their old lines."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
     path.write_text("".join(line + "\n" for line in kept))
 
 

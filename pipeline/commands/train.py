@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -10,6 +11,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="train config YAML, e.g. configs/train/tiny.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=50 (repeatable)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="run on a Ray cluster through Ray Train (ray://host:10001, auto, or local)")
+    p.add_argument("--ray-workers", type=int, default=1, metavar="N", help="Ray Train workers (ranks)")
+    p.add_argument("--ray-gpus", action="store_true", help="one GPU per Ray Train worker")
     p.set_defaults(handler=handle)
 
 
@@ -18,8 +23,13 @@ def handle(args: argparse.Namespace) -> int:
     from trainer.train import train
 
     cfg = load_train_config(args.config, args.overrides)
+    if args.ray_address:
+        from trainer.ray_launch import launch
+
+        out = launch(cfg, args.ray_address, args.ray_workers, args.ray_gpus)
+        print(f"Ray Train run finished; outputs in {out}")
+        return 0
     result = train(cfg)
-    import os
 
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {result.steps} steps, {result.tokens:,} tokens, final loss {result.final_loss:.4f}; "

@@ -1,0 +1,332 @@
+"""The trainer: packed-document isolation, a golden loss curve, resume = uninterrupted, data
+order (curriculum, ranks, mixes, phases), vocabulary expansion with mean init, an
+embeddings-only phase, HF export, and bad input failing with one clear error before training.
+
+Everything runs on CPU on tiny self-made shards (tests/train_fixtures.py), each test in seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import train_fixtures as F
+
+from pipeline.errors import ConfigError, InputError, KilnError
+from trainer import model as M
+from trainer.config import parse_train_config
+from trainer.data import DataPlan, ShardData
+from trainer.train import lr_at, train
+
+# Losses of the first 8 steps of F.train_config on F.write_shards (seed 0), bf16 autocast on
+# CPU. Tolerance covers bf16 kernel differences between CPUs; the curve itself falls by ~0.7.
+GOLDEN = [3.381956, 3.295935, 3.120154, 3.04071, 2.924409, 2.790912, 2.72285, 2.697857]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return F.write_shards(tmp_path_factory.mktemp("shards"))
+
+
+def run(shards: Path, out: Path, **train_opts):
+    return train(parse_train_config(F.train_config(shards, out, **train_opts)))
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------- packing isolation
+
+
+def tiny_model(attention: str = "sdpa"):
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=29, **F.TINY_MODEL)
+    return M.build_model(cfg, None, attention, seed=0).eval()
+
+
+def check_isolation(attention: str, device: str) -> None:
+    """Two rows, each a document packed after another: every second document's logits equal its
+    logits alone. The control (positions not restarted) must differ well past bf16 noise."""
+    model = tiny_model(attention).to(device)
+    firsts = [torch.tensor(d) for d in F.documents(2, 1, lo=15, hi=19)]
+    seconds = [torch.tensor(d) for d in F.documents(2, 2, lo=21, hi=22)]
+    width = max(len(a) for a in firsts) + len(seconds[0])
+    ids, pos = torch.zeros(2, width, dtype=torch.long), torch.zeros(2, width, dtype=torch.long)
+    for r, (a, b) in enumerate(zip(firsts, seconds)):
+        row = torch.cat([a, b])
+        pad = width - len(row)  # trailing padding: its own segment, restarting at 0
+        ids[r] = torch.cat([row, torch.full((pad,), F.PAD)])
+        pos[r] = torch.cat([torch.arange(len(a)), torch.arange(len(b)), torch.arange(pad)])
+    ids, pos = ids.to(device), pos.to(device)
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+        both = M.packed_forward(model, ids, pos, attention).float()
+        leaky = M.packed_forward(model, ids, torch.arange(width, device=device).expand(2, -1), attention).float()
+        for r, (a, b) in enumerate(zip(firsts, seconds)):
+            b = b.to(device)[None]
+            alone = M.packed_forward(model, b, torch.arange(b.shape[1], device=device)[None], attention).float()
+            span = slice(len(a), len(a) + b.shape[1])
+            torch.testing.assert_close(both[r:r + 1, span], alone, rtol=2e-2, atol=2e-2)
+            assert (leaky[r:r + 1, span] - alone).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_documents_do_not_attend_to_each_other(attention):
+    check_isolation(attention, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not M.flash_attention_available(), reason="needs flash-attn and a CUDA GPU")
+def test_flash_attention_isolates_packed_documents():
+    check_isolation("flash_attention_2", "cuda")
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def test_golden_loss_curve(shards, tmp_path):
+    result = run(shards, tmp_path / "run")
+    got = losses(tmp_path / "run")
+    assert got == pytest.approx(GOLDEN, abs=0.03)
+    assert got[-1] < got[0] - 0.5
+    assert result.steps == 8 and result.tokens == 8 * 4 * 32 and result.final_loss == pytest.approx(got[-1])
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(row) >= {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "tflops", "mfu", "mem_gb"}
+    assert row["mfu"] is None and row["tokens_per_s"] > 0
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["steps"] == 8 and summary["config"]["train"]["max_steps"] == 8
+
+
+def test_activation_checkpointing_gives_the_same_curve(shards, tmp_path):
+    cfg = F.train_config(shards, tmp_path / "run", max_steps=3)
+    cfg["model"]["activation_checkpointing"] = True
+    train(parse_train_config(cfg))
+    assert losses(tmp_path / "run") == pytest.approx(GOLDEN[:3], abs=1e-3)
+
+
+def test_resume_continues_the_uninterrupted_curve(shards, tmp_path):
+    out = tmp_path / "run"
+    run(shards, out, checkpoint_every=4, keep_checkpoints=3)
+    full = losses(out)
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-000004", "step-000008"]
+    state = json.loads((out / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["sequences_consumed"] == 16
+    # Stopped after step 4: only that checkpoint exists; the rerun resumes from it.
+    shutil.rmtree(out / "checkpoints" / "step-000008")
+    shutil.rmtree(out / "final")
+    run(shards, out, checkpoint_every=4, keep_checkpoints=3)
+    resumed = losses(out)
+    assert len(resumed) == 8
+    assert resumed == pytest.approx(full, abs=1e-5)
+
+
+def test_rerunning_a_finished_run_trains_nothing_more(shards, tmp_path):
+    first = run(shards, tmp_path / "run", max_steps=3)
+    again = run(shards, tmp_path / "run", max_steps=3)
+    assert again.steps == 3 and again.final_loss == pytest.approx(first.final_loss)
+    assert len(losses(tmp_path / "run")) == 3
+
+
+def test_keeps_only_the_last_checkpoints(shards, tmp_path):
+    out = tmp_path / "run"
+    run(shards, out, max_steps=6, checkpoint_every=2, keep_checkpoints=2)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+
+
+def test_resume_with_another_batch_size_is_refused(shards, tmp_path):
+    out = tmp_path / "run"
+    run(shards, out, max_steps=2)
+    with pytest.raises(KilnError, match="global batch"):
+        run(shards, out, max_steps=4, micro_batch_size=2)
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    lrs = [lr_at(s, 100, 1.0, 10, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert lrs[-1] == pytest.approx(0.1)
+
+
+def test_hf_export_loads_with_transformers(shards, tmp_path):
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = run(shards, tmp_path / "run", max_steps=20)
+    model = AutoModelForCausalLM.from_pretrained(result.final_dir)
+    tok = AutoTokenizer.from_pretrained(result.final_dir)
+    assert model.dtype == torch.bfloat16 and model.config.vocab_size == len(tok) == 29
+    assert Tokenizer.from_file(str(result.final_dir / "tokenizer.json")).get_vocab_size() == 29
+    data = ShardData(shards)
+    batch = data.batch(np.arange(4))
+    with torch.no_grad():
+        out = model.float()(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels)
+    assert out.loss.item() < math.log(29) - 0.5  # it learned something; chance is ln(29)
+
+
+# ---------------------------------------------------------------------------- data order
+
+
+def plan(shards: Path, world: int = 1, micro: int = 4, accum: int = 1, steps: int = 10, **data):
+    from trainer.config import DataOptions
+
+    opts = DataOptions(shards=str(shards), **data)
+    return DataPlan(ShardData(shards), opts, seed=0, micro_batch=micro, accum=accum, world=world,
+                    max_steps=steps, max_tokens=None)
+
+
+def test_curriculum_goes_bucket_by_bucket_and_shuffles_inside(shards):
+    p = plan(shards, steps=60)
+    buckets = p.data.bucket[p.order]
+    n0 = int((p.data.bucket == 0).sum())
+    assert (buckets[:n0] == 0).all() and (buckets[n0:p.data.rows] == 1).all()
+    assert not (np.diff(p.order[:n0]) == 1).all()  # shuffled within the bucket
+    assert sorted(p.order[: p.data.rows]) == list(range(p.data.rows))  # an epoch sees every row once
+
+
+def test_ranks_split_each_global_batch(shards):
+    one = plan(shards, world=1, micro=4)
+    two = plan(shards, world=2, micro=2)
+    for step in range(3):
+        [single] = one.micro_batches(step, 0)
+        parts = [two.micro_batches(step, r)[0] for r in range(2)]
+        assert torch.equal(torch.cat([b.input_ids for b in parts]), single.input_ids)
+
+
+def test_phases_run_in_order_with_their_mix(shards):
+    phases = [{"name": "easy", "max_tokens": 4 * 32 * 5, "buckets": [0], "train": "embeddings"},
+              {"name": "mixed", "max_tokens": 4 * 32 * 25, "mix": {"web": 3, "books": 1}}]
+    p = plan(shards, phases=phases, steps=None)
+    assert [(x.name, x.first_step, x.steps) for x in p.phases] == [("easy", 0, 5), ("mixed", 5, 25)]
+    assert p.steps == 30 and p.phase_at(4).train == "embeddings" and p.phase_at(5).name == "mixed"
+    assert (p.data.bucket[p.order[:20]] == 0).all()
+    mixed = p.data.source[p.order[20:]]
+    assert (mixed == "web").mean() == pytest.approx(0.75, abs=0.01)
+
+
+def test_unknown_mix_key_is_a_config_error(shards):
+    with pytest.raises(ConfigError, match="neither a source nor a bucket"):
+        plan(shards, phases=[{"name": "x", "max_tokens": 1000, "mix": {"wikipedia": 1}}], steps=None)
+
+
+# ---------------------------------------------------------------------------- vocabulary expansion
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(shards, tmp_path_factory) -> Path:
+    """A tiny trained model, exported in fp32 with the 29-piece tokenizer."""
+    out = tmp_path_factory.mktemp("base")
+    cfg = F.train_config(shards, out, max_steps=4)
+    cfg["model"]["export_dtype"] = "float32"
+    return train(parse_train_config(cfg)).final_dir
+
+
+def test_new_tokens_start_as_the_mean_of_their_old_pieces(base_checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    new_dir = F.save_tokenizer(tmp_path / "new", extra=["ab", "abc"])
+    old_tok, new_tok = AutoTokenizer.from_pretrained(base_checkpoint), AutoTokenizer.from_pretrained(new_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_checkpoint, dtype=torch.float32)
+    before_in = model.get_input_embeddings().weight.detach().clone()
+    before_out = model.get_output_embeddings().weight.detach().clone()
+    assert M.expand_vocabulary(model, old_tok, new_tok, len(new_tok)) == 2
+    w_in, w_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert w_in.shape[0] == w_out.shape[0] == 31
+    a, b, c = (old_tok.convert_tokens_to_ids(x) for x in "abc")
+    for new_id, pieces in ((29, [a, b]), (30, [a, b, c])):
+        torch.testing.assert_close(w_in[new_id], before_in[pieces].mean(0))
+        torch.testing.assert_close(w_out[new_id], before_out[pieces].mean(0))
+    torch.testing.assert_close(w_in[:29], before_in)
+
+
+def test_training_on_expanded_shards_grows_the_model_and_can_train_embeddings_only(base_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    new_dir = F.save_tokenizer(tmp_path / "new", extra=["ab", "abc"])
+    shards = F.write_shards(tmp_path / "shards", tokenizer=new_dir)
+    cfg = F.train_config(shards, tmp_path / "run", max_steps=None)
+    cfg["model"] = {"checkpoint": str(base_checkpoint), "export_dtype": "float32"}
+    cfg["data"]["phases"] = [{"name": "embeddings", "max_tokens": 3 * 4 * 32, "train": "embeddings"}]
+    result = train(parse_train_config(cfg))
+    summary = json.loads((result.output_dir / "train.json").read_text())
+    assert summary["vocab_rows_added"] == 2 and result.steps == 3
+    before, after = load_file(base_checkpoint / "model.safetensors"), load_file(result.final_dir / "model.safetensors")
+    assert after["model.embed_tokens.weight"].shape[0] == 31
+    for name, tensor in before.items():
+        if M.is_embedding(name):
+            assert not torch.equal(after[name][:29], tensor), name
+        else:
+            assert torch.equal(after[name], tensor), f"{name} changed in an embeddings-only phase"
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_shards_from_another_tokenizer_are_refused(base_checkpoint, tmp_path):
+    other = F.save_tokenizer(tmp_path / "other", shuffle=True)
+    shards = F.write_shards(tmp_path / "shards", tokenizer=other)
+    cfg = F.train_config(shards, tmp_path / "run")
+    cfg["model"] = {"checkpoint": str(base_checkpoint)}
+    with pytest.raises(InputError, match="different tokenizer"):
+        train(parse_train_config(cfg))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_checkpoint_and_missing_shards(shards, tmp_path):
+    cfg = F.train_config(shards, tmp_path / "run")
+    cfg["model"] = {"checkpoint": str(tmp_path / "nowhere")}
+    with pytest.raises(InputError, match="not a folder"):
+        train(parse_train_config(cfg))
+    with pytest.raises(InputError, match="make demo"):
+        run(tmp_path / "no-shards", tmp_path / "run")
+
+
+def test_corrupt_shard_is_refused(shards, tmp_path):
+    bad = tmp_path / "shards"
+    shutil.copytree(shards, bad)
+    victim = bad / "bucket-001" / "web-00000.arrow"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(InputError, match="sha256"):
+        run(bad, tmp_path / "run")
+    cfg = F.train_config(bad, tmp_path / "run")
+    cfg["data"]["check_hashes"] = False
+    with pytest.raises(InputError, match="corrupt"):
+        train(parse_train_config(cfg))
+
+
+def test_a_model_too_big_for_memory_fails_before_allocating(shards, tmp_path):
+    cfg = F.train_config(shards, tmp_path / "run")
+    cfg["model"]["config"] = {"hidden_size": 16384, "intermediate_size": 53248, "num_hidden_layers": 120,
+                              "num_attention_heads": 128, "num_key_value_heads": 8}
+    with pytest.raises(KilnError, match=r"needs about .* GiB"):
+        train(parse_train_config(cfg))
+
+
+def test_config_errors_name_the_yaml_path(shards, tmp_path):
+    cfg = F.train_config(shards, tmp_path / "run", lrr=1.0)
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key \(did you mean lr\?\)"):
+        parse_train_config(cfg)
+    cfg = F.train_config(shards, tmp_path / "run")
+    cfg["model"]["checkpoint"] = "x"
+    with pytest.raises(ConfigError, match=r"exactly one of model\.checkpoint"):
+        parse_train_config(cfg)
+    with pytest.raises(ConfigError, match=r"train\.micro_batch_size"):
+        parse_train_config(F.train_config(shards, tmp_path / "run"), ["train.micro_batch_size=0"])
+
+
+def test_cli_prints_one_line_for_bad_input(tmp_path, capsys):
+    from pipeline.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"output: {tmp_path / 'run'}\nmodel: {{config: {{hidden_size: 32}}}}\n"
+                      f"data: {{shards: {tmp_path / 'missing'}}}\ntrain: {{max_steps: 2}}\n")
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kiln train: error:") and "make demo" in err[0]
