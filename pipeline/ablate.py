@@ -463,6 +463,25 @@ def run_ablation(config_path: str | os.PathLike, request: AblateRequest | None =
         raise ConfigError(f"budget_tokens: {budget:,} is more than arm {next(iter(short))} holds "
                           f"({next(iter(short.values())):,} target tokens); lower it so no arm repeats data")
 
+    # In curriculum order a budget below the arm's tokens never reaches the last buckets: the
+    # arm then differs from the clean one in *which* data it sees, not only in order.
+    coverage: dict[str, Any] = {}
+    if "curriculum" in cfg.arms:
+        m = manifests["curriculum"]
+        left, reached = budget, []
+        for b in m.curriculum:
+            tokens = m.tokens_by_bucket.get(str(b), 0)
+            if left <= 0 or not tokens:
+                continue
+            reached.append({"bucket": b, "tokens": tokens, "share_trained": round(min(1.0, left / tokens), 4)})
+            left -= tokens
+        coverage = {"buckets": reached, "all_buckets": len(reached) == len(m.tokens_by_bucket)
+                    and reached[-1]["share_trained"] == 1.0}
+        if not coverage["all_buckets"]:
+            shares = ", ".join(f"{r['bucket']} ({r['share_trained']:.0%})" for r in reached)
+            echo(f"  note: {budget:,} tokens in curriculum order reach buckets {shares} only: the curriculum "
+                 "arm sees the easier documents, not the clean arm's data in another order")
+
     from trainer.evaluate import load_model, perplexity, read_eval_docs
 
     heldout_docs = read_eval_docs(heldout_clean, limit=cfg.eval.max_docs)
@@ -487,6 +506,8 @@ def run_ablation(config_path: str | os.PathLike, request: AblateRequest | None =
             "target_tokens": arm_tokens[arm], "tokens_by_lang": m.tokens_by_lang,
             "train": train_summary, "eval": [r.to_json() for r in rows],
         }
+        if arm == "curriculum":
+            arms[arm]["curriculum_coverage"] = coverage
     results = {
         "config": str(config_path), "pipeline": cfg.pipeline, "output": str(output), "tokenizer": tokenizer,
         "budget_tokens": budget, "arms": arms, "split": {**split.stats, "folder": str(split.folder),

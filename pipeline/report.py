@@ -350,7 +350,8 @@ def _ablation_section(run_dir: Path) -> dict[str, Any] | None:
             "budget_tokens": results.get("budget_tokens"), "tokenizer": results.get("tokenizer"),
             "model": results.get("model"), "split": results.get("split"), "leak_check": results.get("leak_check"),
             "heldout_clean_docs": results.get("heldout_clean_docs"), "heldout_raw_docs": results.get("heldout_raw_docs"),
-            "seconds": results.get("seconds"), "rows": rows, "curves": curves}
+            "seconds": results.get("seconds"), "rows": rows, "curves": curves,
+            "curriculum_coverage": results.get("arms", {}).get("curriculum", {}).get("curriculum_coverage")}
 
 
 def _int_or(value: str) -> tuple[int, str]:

@@ -608,6 +608,10 @@ def _ablation(m: dict[str, Any], plots: Plots) -> str:
                 change = r["ppl_clean"] / base["ppl_clean"] - 1
                 parts.append(f"<p><b>{esc(r['arm'])}</b> vs raw on held-out clean text: perplexity "
                              f"{num(base['ppl_clean'])} → {num(r['ppl_clean'])} ({change:+.1%}).</p>")
+    if a.get("curriculum_coverage") and not a["curriculum_coverage"].get("all_buckets", True):
+        reached = ", ".join(f"{r['bucket']} ({pct(r['share_trained'], 0)})" for r in a["curriculum_coverage"]["buckets"])
+        parts.append(note(f"The curriculum arm's budget reached buckets {reached} only: it trained on the easier "
+                          "documents, a different mix from the clean arm's, not the same data in another order."))
     curves = {arm: [(p["tokens"], p["loss"]) for p in points] for arm, points in a["curves"].items()}
     if any(curves.values()):
         parts.append(plots.curves(curves, "training loss per arm", "trained tokens", "loss"))
