@@ -272,6 +272,21 @@ def leaked_hashes(data_dir: Path, heldout: set[str]) -> tuple[int, int]:
     return checked, leaked
 
 
+def curriculum_coverage(manifest: Any, budget: int) -> dict[str, Any]:
+    """Which buckets a budget of tokens read in curriculum order reaches, and what share of
+    each: the trainer reads bucket after bucket, so a budget below the shards' tokens never
+    sees the last ones."""
+    left, reached = budget, []
+    for b in manifest.curriculum:
+        tokens = manifest.tokens_by_bucket.get(str(b), 0)
+        if left <= 0 or not tokens:
+            continue
+        reached.append({"bucket": b, "tokens": tokens, "share_trained": round(min(1.0, left / tokens), 4)})
+        left -= tokens
+    complete = len(reached) == sum(1 for v in manifest.tokens_by_bucket.values() if v)
+    return {"buckets": reached, "all_buckets": complete and bool(reached) and reached[-1]["share_trained"] == 1.0}
+
+
 def _check_train_template(template: dict[str, Any]) -> None:
     """Validate the train section now, with the keys kiln ablate fills in, so a typo fails
     before minutes of pipeline work; messages name `train.<path>`."""
@@ -467,16 +482,8 @@ def run_ablation(config_path: str | os.PathLike, request: AblateRequest | None =
     # arm then differs from the clean one in *which* data it sees, not only in order.
     coverage: dict[str, Any] = {}
     if "curriculum" in cfg.arms:
-        m = manifests["curriculum"]
-        left, reached = budget, []
-        for b in m.curriculum:
-            tokens = m.tokens_by_bucket.get(str(b), 0)
-            if left <= 0 or not tokens:
-                continue
-            reached.append({"bucket": b, "tokens": tokens, "share_trained": round(min(1.0, left / tokens), 4)})
-            left -= tokens
-        coverage = {"buckets": reached, "all_buckets": len(reached) == len(m.tokens_by_bucket)
-                    and reached[-1]["share_trained"] == 1.0}
+        coverage = curriculum_coverage(manifests["curriculum"], budget)
+        reached = coverage["buckets"]
         if not coverage["all_buckets"]:
             shares = ", ".join(f"{r['bucket']} ({r['share_trained']:.0%})" for r in reached)
             echo(f"  note: {budget:,} tokens in curriculum order reach buckets {shares} only: the curriculum "

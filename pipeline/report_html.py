@@ -597,7 +597,8 @@ def _ablation(m: dict[str, Any], plots: Plots) -> str:
     headers = ["arm", "documents", "target tokens", "trained tokens", "final train loss", "ppl held-out clean",
                "bits/byte clean", *[f"ppl {lang}" for lang in langs], "ppl held-out raw", "train seconds"]
     body = [(f"<b>{esc(r['arm'])}</b>", num(r["documents"]), num(r["target_tokens"]), num(r["trained_tokens"]),
-             num(r["final_loss"]), num(r["ppl_clean"]), num(r["bpb_clean"]),
+             num(r["final_loss"]), num(r["ppl_clean"]),
+             f"{r['bpb_clean']:.4f}" if r.get("bpb_clean") is not None else "–",
              *[num(r["ppl_by_lang"].get(lang)) for lang in langs], num(r["ppl_raw"]), num(r["train_seconds"]))
             for r in rows]
     parts.append(table(headers, body, numeric=range(1, len(headers))))
@@ -631,7 +632,8 @@ def _ablation(m: dict[str, Any], plots: Plots) -> str:
     parts.append(f"<p>Tokenizer <code>{esc(a.get('tokenizer'))}</code>; model "
                  f"<code>{esc(json.dumps(a.get('model'), sort_keys=True))}</code>; ablation config "
                  f"<code>{esc(a.get('config'))}</code>; results <code>{esc(a.get('results'))}</code> "
-                 f"({num(a.get('seconds'))} s in all).</p></section>")
+                 f"(the last <code>kiln ablate</code> took {num(a.get('seconds'))} s; work it reused is not "
+                 "counted).</p></section>")
     return "".join(parts)
 
 

@@ -72,6 +72,16 @@ def test_split_is_by_hash_and_deterministic():
     assert held != [t for t in texts if ablate.is_heldout(ablate.doc_hash(t, "other salt"), 0.1)]
 
 
+def test_curriculum_coverage_says_which_buckets_a_budget_reaches():
+    from types import SimpleNamespace
+
+    manifest = SimpleNamespace(curriculum=[0, 1, 2], tokens_by_bucket={"0": 100, "1": 200, "2": 700})
+    short = ablate.curriculum_coverage(manifest, 200)
+    assert [(b["bucket"], b["share_trained"]) for b in short["buckets"]] == [(0, 1.0), (1, 0.5)]
+    assert not short["all_buckets"]
+    assert ablate.curriculum_coverage(manifest, 1000)["all_buckets"]
+
+
 def test_ablation_keeps_heldout_out_of_training(ablation_config, ray_local):
     pytest.importorskip("transformers")
     path, config, docs = ablation_config
