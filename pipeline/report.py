@@ -465,8 +465,6 @@ def build_report(run_dir: str | os.PathLike, options: ReportOptions | None = Non
         notes["buckets"] = "no bucketing operator ran (no `buckets` in stats.json)"
     if shards is None:
         notes["shards"] = "no RUN/shards/manifest.json: the run has no tokenize_pack stage yet"
-    if ablation is None:
-        notes["ablation"] = "no RUN/ablation/results.json: this run is not the clean arm of a `kiln ablate`"
     if evaluation is None:
         notes["evaluation"] = "no kept documents to sample"
 

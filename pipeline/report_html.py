@@ -580,8 +580,8 @@ def _shards(m: dict[str, Any], plots: Plots) -> str:
 
 def _ablation(m: dict[str, Any], plots: Plots) -> str:
     a = m.get("ablation")
-    if not a:
-        return _missing("ablation", m)
+    if not a:  # only the clean run of a `kiln ablate` has this section
+        return ""
     if "error" in a:
         return f'<section id="ablation"><h2>Ablation</h2>{note(a["error"])}</section>'
     split, leak = a.get("split") or {}, a.get("leak_check") or {}
@@ -736,7 +736,8 @@ def render_html(m: dict[str, Any]) -> str:
     absent = {k for k in m["notes"]}
     stage_links = "".join(f'<a class="sub" href="#stage-{esc(s["folder"])}">{esc(s["folder"])}</a>' for s in m["stages"])
     toc = "".join(f'<a href="#{k}" class="{"absent" if k in absent else ""}">{esc(t)}</a>'
-                  + (stage_links if k == "stages" else "") for k, t in SECTIONS)
+                  + (stage_links if k == "stages" else "") for k, t in SECTIONS
+                  if k != "ablation" or m.get("ablation"))
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
