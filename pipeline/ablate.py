@@ -332,8 +332,8 @@ def _train_arm(arm: str, train_template: dict[str, Any], shards: Path, budget: i
     log = out_dir / f"{arm}.log"
     echo(f"> train {arm}: {budget:,} tokens from {shards} (`kiln train {path}`, log {log})")
     started = time.time()
-    # `kiln train` in a process of its own: torch in the process that just ran Ray trained
-    # about 15x slower on CPU (measured), and each arm starts from the same clean state.
+    # `kiln train` in a process of its own: each arm starts from the same clean state (no
+    # Ray, tokenizer or torch thread pools left over from the pipelines) and frees its memory.
     with open(log, "wb") as f:
         done = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(path),
                                "--set", "train.progress=false"], stdout=f, stderr=subprocess.STDOUT,
