@@ -275,3 +275,20 @@ bench-train: setup  ## training tokens/s on CPU: kiln's loop vs transformers' Tr
 	@[ -f $(RUN)/shards/manifest.json ] || { echo "make bench-train: no shards at $(RUN)/shards - run \`make demo\` first"; exit 2; }
 	$(PY) -c "import accelerate" 2>/dev/null || $(VENV)/bin/pip install 'accelerate==1.16.0'
 	$(PY) benchmarks/bench_train.py --shards $(RUN)/shards
+
+# ------------------------------------------------------------------ evaluation and ablation
+# `make eval` scores a model folder (default: `make train`'s export) on the demo's held-out
+# text; EVAL_ARGS takes any `kiln eval` options, e.g. --choice mmlu.jsonl --dev mmlu_dev.jsonl.
+# `make ablate` trains the same small model on the raw and on the cleaned text of
+# configs/ablate/small.yaml's corpus (../shared/data) and compares them on held-out text.
+EVAL_MODEL    ?= runs/train/tiny/final
+EVAL_ARGS     ?= --text $(DEMO_DATA)/heldout/en.txt $(DEMO_DATA)/heldout/zh.txt
+ABLATE_CONFIG ?= configs/ablate/small.yaml
+ABLATE_RUN    ?= runs/ablate-small
+.PHONY: eval ablate
+eval: setup  ## perplexity (+ multiple choice) of a model: make eval [EVAL_MODEL=dir] [EVAL_ARGS="--text ... --choice ..."]
+	$(KILN) eval $(EVAL_MODEL) $(EVAL_ARGS) --out $(EVAL_MODEL)/../eval.json
+
+ablate: setup  ## does cleaning help? raw vs clean (vs curriculum) arms, same model and tokens, held-out perplexity; report
+	$(KILN) ablate $(ABLATE_CONFIG)
+	$(KILN) report $(ABLATE_RUN) --quiet

@@ -330,6 +330,30 @@ def _shards_section(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def _ablation_section(run_dir: Path) -> dict[str, Any] | None:
+    """`kiln ablate`'s comparison when this run is an ablation's clean arm
+    (RUN/ablation/results.json): one row per arm, the loss curves, the split and leak check."""
+    from pipeline.ablate import ABLATION_DIR, RESULTS, comparison_rows
+
+    path = run_dir / ABLATION_DIR / RESULTS
+    if not path.exists():
+        return None
+    try:
+        results = storage.read_json(path)
+        rows = comparison_rows(results)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        return {"error": f"{path}: unreadable ablation results: {e}"}
+    curves = {arm: [{"tokens": p.get("tokens"), "loss": p.get("loss")} for p in a.get("train", {}).get("curve", [])
+                    if p.get("tokens") is not None and p.get("loss") is not None]
+              for arm, a in results.get("arms", {}).items()}
+    return {"results": str(path), "config": results.get("config"), "pipeline": results.get("pipeline"),
+            "budget_tokens": results.get("budget_tokens"), "tokenizer": results.get("tokenizer"),
+            "model": results.get("model"), "split": results.get("split"), "leak_check": results.get("leak_check"),
+            "heldout_clean_docs": results.get("heldout_clean_docs"), "heldout_raw_docs": results.get("heldout_raw_docs"),
+            "seconds": results.get("seconds"), "rows": rows, "curves": curves,
+            "curriculum_coverage": results.get("arms", {}).get("curriculum", {}).get("curriculum_coverage")}
+
+
 def _int_or(value: str) -> tuple[int, str]:
     try:
         return int(value), ""
@@ -397,6 +421,7 @@ def build_report(run_dir: str | os.PathLike, options: ReportOptions | None = Non
 
     manifest_json = None
     shards = _shards_section(run_dir)
+    ablation = _ablation_section(run_dir)
     if shards and "error" not in shards:
         manifest_json = storage.read_json(run_dir / "shards" / "manifest.json")
     dedup, buckets = [], []
@@ -468,6 +493,7 @@ def build_report(run_dir: str | os.PathLike, options: ReportOptions | None = Non
         "perplexity": perplexity,
         "buckets": buckets,
         "shards": shards,
+        "ablation": ablation,
         "evaluation": evaluation,
         "notes": notes,
         "config_yaml": config_text,

@@ -274,6 +274,21 @@ class Plots:
                 ax.grid(axis="x", visible=False)
         return self.image(title)
 
+    def curves(self, series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str) -> str:
+        """One line per series (x, y), e.g. training loss against trained tokens per arm."""
+        with self.figure(7.0, 3.0) as (ax,):
+            for i, (name, points) in enumerate(series.items()):
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, color=ARM_COLORS[i % len(ARM_COLORS)], linewidth=1.4, label=plot_label(name))
+            ax.set_title(plot_label(title))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.legend()
+        return self.image(title)
+
+
+ARM_COLORS = ["#d9822b", KEPT_COLOR, "#1b7837", "#6a3d9a"]
 
 # --------------------------------------------------------------------------- sections
 
@@ -287,6 +302,7 @@ SECTIONS = [
     ("perplexity", "Perplexity"),
     ("buckets", "Buckets"),
     ("shards", "Shards"),
+    ("ablation", "Ablation"),
     ("stages", "Stages"),
     ("config", "Configuration"),
 ]
@@ -580,6 +596,65 @@ def _shards(m: dict[str, Any], plots: Plots) -> str:
     return "".join(parts)
 
 
+def _ablation(m: dict[str, Any], plots: Plots) -> str:
+    a = m.get("ablation")
+    if not a:  # only the clean run of a `kiln ablate` has this section
+        return ""
+    if "error" in a:
+        return f'<section id="ablation"><h2>Ablation</h2>{note(a["error"])}</section>'
+    split, leak = a.get("split") or {}, a.get("leak_check") or {}
+    parts = ['<section id="ablation"><h2>Ablation: does this cleaning make a better model?</h2>',
+             f"<p>The same model trained on <b>{num(a['budget_tokens'])}</b> tokens of each arm, from one raw corpus "
+             f"(the inputs of <code>{esc(a['pipeline'])}</code>): <i>raw</i> is the training documents tokenized "
+             "only; <i>clean</i> is this run's output; <i>curriculum</i> is the clean shards in bucket order. "
+             f"Each is scored on the same held-out documents as cleaned ({num(a['heldout_clean_docs'])}), and on "
+             f"the held-out documents raw ({num(a['heldout_raw_docs'])}). Lower perplexity and bits per byte are "
+             "better; all arms share one tokenizer, so their perplexities compare.</p>"]
+    rows = a["rows"]
+    langs = sorted({lang for r in rows for lang in r["ppl_by_lang"]})
+    headers = ["arm", "documents", "target tokens", "trained tokens", "final train loss", "ppl held-out clean",
+               "bits/byte clean", *[f"ppl {lang}" for lang in langs], "ppl held-out raw", "train seconds"]
+    body = [(f"<b>{esc(r['arm'])}</b>", num(r["documents"]), num(r["target_tokens"]), num(r["trained_tokens"]),
+             num(r["final_loss"]), num(r["ppl_clean"]),
+             f"{r['bpb_clean']:.4f}" if r.get("bpb_clean") is not None else "–",
+             *[num(r["ppl_by_lang"].get(lang)) for lang in langs], num(r["ppl_raw"]), num(r["train_seconds"]))
+            for r in rows]
+    parts.append(table(headers, body, numeric=range(1, len(headers))))
+    base = next((r for r in rows if r["arm"] == "raw"), None)
+    if base and base.get("ppl_clean"):
+        for r in rows:
+            if r is not base and r.get("ppl_clean"):
+                change = r["ppl_clean"] / base["ppl_clean"] - 1
+                parts.append(f"<p><b>{esc(r['arm'])}</b> vs raw on held-out clean text: perplexity "
+                             f"{num(base['ppl_clean'])} → {num(r['ppl_clean'])} ({change:+.1%}).</p>")
+    if a.get("curriculum_coverage") and not a["curriculum_coverage"].get("all_buckets", True):
+        reached = ", ".join(f"{r['bucket']} ({pct(r['share_trained'], 0)})" for r in a["curriculum_coverage"]["buckets"])
+        parts.append(note(f"The curriculum arm's budget reached buckets {reached} only: it trained on the easier "
+                          "documents, a different mix from the clean arm's, not the same data in another order."))
+    curves = {arm: [(p["tokens"], p["loss"]) for p in points] for arm, points in a["curves"].items()}
+    if any(curves.values()):
+        parts.append(plots.curves(curves, "training loss per arm", "trained tokens", "loss"))
+    if rows and rows[0]["ppl_by_source"]:
+        sources = sorted({s for r in rows for s in r["ppl_by_source"]})
+        parts.append("<h3>Held-out clean perplexity by source</h3>")
+        parts.append(table(["arm", *sources], [(esc(r["arm"]), *[num(r["ppl_by_source"].get(s)) for s in sources])
+                                               for r in rows], numeric=range(1, len(sources) + 1)))
+    arms_checked = {k: v for k, v in leak.items() if isinstance(v, dict)}
+    checked = sum(v.get("documents_checked", 0) for v in arms_checked.values())
+    found = sum(v.get("heldout_found", 0) for v in arms_checked.values())
+    parts.append(f"<p>Split by salted sha256 of each document's text before any arm was built: "
+                 f"{num(split.get('train_docs'))} training and {num(split.get('heldout_docs'))} held-out documents "
+                 f"({pct(split.get('heldout_fraction'))} asked); held-out hashes in "
+                 f"<code>{esc(split.get('heldout_hashes_file'))}</code>. Leak check: {num(found)} of "
+                 f"{num(checked)} training documents of the arms carry a held-out hash.</p>")
+    parts.append(f"<p>Tokenizer <code>{esc(a.get('tokenizer'))}</code>; model "
+                 f"<code>{esc(json.dumps(a.get('model'), sort_keys=True))}</code>; ablation config "
+                 f"<code>{esc(a.get('config'))}</code>; results <code>{esc(a.get('results'))}</code> "
+                 f"(the last <code>kiln ablate</code> took {num(a.get('seconds'))} s; work it reused is not "
+                 "counted).</p></section>")
+    return "".join(parts)
+
+
 def _stages(m: dict[str, Any]) -> str:
     parts = ['<section id="stages"><h2>Stages</h2>',
              "<p>Per stage: operators with their timing, the statistics operators reported, and example "
@@ -675,11 +750,12 @@ def render_html(m: dict[str, Any]) -> str:
     """The whole page."""
     plots = Plots()
     body = [_overview(m), _funnel(m, plots), _mix(m, plots), _evaluation(m, plots), _statistics(m, plots),
-            _dedup(m, plots), _perplexity(m, plots), _buckets(m, plots), _shards(m, plots), _stages(m), _config(m)]
+            _dedup(m, plots), _perplexity(m, plots), _buckets(m, plots), _shards(m, plots), _ablation(m, plots), _stages(m), _config(m)]
     absent = {k for k in m["notes"]}
     stage_links = "".join(f'<a class="sub" href="#stage-{esc(s["folder"])}">{esc(s["folder"])}</a>' for s in m["stages"])
     toc = "".join(f'<a href="#{k}" class="{"absent" if k in absent else ""}">{esc(t)}</a>'
-                  + (stage_links if k == "stages" else "") for k, t in SECTIONS)
+                  + (stage_links if k == "stages" else "") for k, t in SECTIONS
+                  if k != "ablation" or m.get("ablation"))
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
