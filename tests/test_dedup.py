@@ -319,3 +319,27 @@ def test_dedup_stage_on_real_text(tmp_path, shared_data, run_config):
     decided_later = _decisions(run_dir)
     assert decided_later == {"n:again": ("minhash_dedup", "seen_before", "t:bbc0", "t:bbc0")}
     assert stats["stages"][0]["extra"]["minhash_dedup"]["docs_seen_before"] == 1
+
+
+def test_minhash_stage_without_any_candidate_pair_keeps_everything(tmp_path, shared_data, run_config):
+    # Distinct real Chinese and English documents in two files, exact copies removed by
+    # exact_dedup first: no two remaining documents share an LSH bucket, so the verification and component shuffles
+    # have nothing to work on (they once failed concatenating empty datasets' blocks).
+    articles = _clue(shared_data, 120) + _bbc(shared_data, 120)
+    for part in range(2):
+        docs = [{"id": f"bbc{part}-{i}", "text": t} for i, t in enumerate(articles[part::2])]
+        docs += [{"id": f"copy{part}", "text": articles[part]}]
+        _write_jsonl(tmp_path / f"docs{part}.jsonl", docs)
+    config = {"inputs": [{"path": str(tmp_path / f"docs{part}.jsonl"), "source": "t", "id_field": "id"}
+                         for part in range(2)],
+              "ray": {"batch_size": 16},
+              "stages": [{"name": "dedup", "ops": [{"exact_dedup": {}}, {"minhash_dedup": {}}]}]}
+    stats, run_dir = run_config(config)
+    stage = stats["stages"][0]
+    extra = stage["extra"]["minhash_dedup"]
+    assert extra["candidate_pairs"] == 0 and extra["docs_removed"] == 0 and extra["clusters"] == 0
+    assert stage["docs_in"] == len(articles) + 2 and stage["docs_out"] == len(articles)
+    assert stage["rejected"] == {"exact_dedup/duplicate": 2}
+    from pipeline.verify import verify_run
+
+    assert all(check.ok for check in verify_run(run_dir))

@@ -651,25 +651,33 @@ def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
     candidates = summary["rows"]
     phase("lsh_buckets")
 
-    # Verification: endpoints meet their signatures in a shuffle by node, then the two ends
-    # of each edge meet in a shuffle by edge.
-    sides = edges.map_batches(functools.partial(_endpoint_rows, num_perm=num_perm), batch_format="pyarrow")
-    node_side = nodes.map_batches(functools.partial(_node_rows, num_perm=num_perm), batch_format="pyarrow")
-    joined = _shuffle_blocks(sides.union(node_side), ["node"],
-                             _partitions(ctx, docs_compared + 2 * candidates, 4 * num_perm + 64), _attach_signatures)
-    pairs = _shuffle_blocks(joined, ["a", "b"], _partitions(ctx, 2 * candidates, 4 * num_perm + 64),
-                            functools.partial(_verify_pairs, num_perm=num_perm,
-                                              threshold=params.threshold if params.verify else None))
-    pairs, summary = _checkpoint(pairs, work / "pairs", PAIR_SCHEMA)
-    verified = summary["rows"]
+    # A stage without candidate pairs (or without verified ones) has nothing to cluster; the
+    # later shuffles are skipped, since Ray's hash shuffle cannot concatenate the schema-less
+    # blocks that an empty dataset's map_batches yields.
+    verified = rounds = 0
+    decisions, summary = None, {"rows": 0}
+    if candidates:
+        # Verification: endpoints meet their signatures in a shuffle by node, then the two
+        # ends of each edge meet in a shuffle by edge.
+        sides = edges.map_batches(functools.partial(_endpoint_rows, num_perm=num_perm), batch_format="pyarrow")
+        node_side = nodes.map_batches(functools.partial(_node_rows, num_perm=num_perm), batch_format="pyarrow")
+        joined = _shuffle_blocks(sides.union(node_side), ["node"],
+                                 _partitions(ctx, docs_compared + 2 * candidates, 4 * num_perm + 64),
+                                 _attach_signatures)
+        pairs = _shuffle_blocks(joined, ["a", "b"], _partitions(ctx, 2 * candidates, 4 * num_perm + 64),
+                                functools.partial(_verify_pairs, num_perm=num_perm,
+                                                  threshold=params.threshold if params.verify else None))
+        pairs, pair_summary = _checkpoint(pairs, work / "pairs", PAIR_SCHEMA)
+        verified = pair_summary["rows"]
     phase("verify")
 
-    forest, rounds = connected_components(pairs, work, _partitions(ctx, 2 * verified))
-    phase("components")
-    decisions = _shuffle_blocks(forest, ["y"], _partitions(ctx, verified),
-                                functools.partial(_cluster_decisions, threshold=params.threshold))
-    decisions, summary = _checkpoint(decisions, work / "decisions", DECISION_SCHEMA, _decision_summary)
-    phase("clusters")
+    if verified:
+        forest, rounds = connected_components(pairs, work, _partitions(ctx, 2 * verified))
+        phase("components")
+        decisions = _shuffle_blocks(forest, ["y"], _partitions(ctx, verified),
+                                    functools.partial(_cluster_decisions, threshold=params.threshold))
+        decisions, summary = _checkpoint(decisions, work / "decisions", DECISION_SCHEMA, _decision_summary)
+        phase("clusters")
     ctx.extra.update({"bands": bands, "rows": rows, "num_perm": num_perm, "threshold": params.threshold,
                       "docs_compared": int(docs_compared), "candidate_pairs": int(candidates),
                       "verified_pairs": int(verified), "cc_rounds": rounds, "phase_seconds": phases})
