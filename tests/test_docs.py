@@ -37,3 +37,18 @@ def test_the_readme_names_the_two_set_up_commands_and_ci_runs_the_test_command()
     assert re.search(r"^make demo\b", readme, re.M) and re.search(r"^make test\b", readme, re.M)
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_every_shipped_config_parses():
+    """A shipped config with a typo would only fail when a user runs it."""
+    from pipeline.ablate import load_ablate_config
+    from pipeline.config import load_config
+    from trainer.config import load_train_config
+
+    loaders = {"pipeline": load_config, "train": load_train_config, "ablate": load_ablate_config}
+    checked = 0
+    for folder, load in loaders.items():
+        for path in sorted((ROOT / "configs" / folder).glob("*.yaml")):
+            load(path)
+            checked += 1
+    assert checked >= 10
