@@ -59,6 +59,7 @@ from pipeline.config import (
     Strict,
     load_config,
     parse_config,
+    read_yaml,
     validate_model,
 )
 from pipeline.errors import ConfigError, KilnError
@@ -139,14 +140,7 @@ class AblateConfig(Strict):
 
 
 def load_ablate_config(path: str | os.PathLike) -> AblateConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ablation config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return validate_model(AblateConfig, data, [])  # type: ignore[return-value]
+    return validate_model(AblateConfig, read_yaml(path, "ablation config"), [])  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- split

@@ -298,12 +298,16 @@ def parse_config(data: Any, source_path: str | None = None) -> PipelineConfig:
     return config
 
 
-def load_config(path: str | os.PathLike) -> PipelineConfig:
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """A YAML file's data, or a ConfigError naming the file (missing, or not valid YAML)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} " + ("is not a file" if path.exists() else "does not exist"))
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | os.PathLike) -> PipelineConfig:
+    return parse_config(read_yaml(path), str(path))

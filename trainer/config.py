@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from pipeline.config import Strict, format_path, validate_model
+from pipeline.config import Strict, format_path, read_yaml, validate_model
 from pipeline.errors import ConfigError
 
 
@@ -145,11 +145,4 @@ def parse_train_config(data: Any, overrides: Sequence[str] = (), source_path: st
 
 
 def load_train_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_train_config(data, overrides, str(path))
+    return parse_train_config(read_yaml(path), overrides, str(path))
