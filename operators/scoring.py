@@ -356,23 +356,6 @@ class LMPerplexityParams(Params):
         return self
 
 
-def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped so documents of similar length share a batch and each padded batch
-    (rows x longest row) stays within `batch_tokens`."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * max(longest, 1) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
 @register
 class LMPerplexity(Filter):
     """Perplexity under a Hugging Face causal LM from a local folder (`stat.lm_ppl`):
@@ -384,23 +367,16 @@ class LMPerplexity(Filter):
     resources = Resources(num_cpus=1, num_gpus=0)
 
     def setup(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trainer.evaluate import load_model
 
         path = Path(self.params.model)
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a Hugging Face model folder (no config.json): point lm_perplexity.model "
                              "at a local checkpoint, for example an export of `kiln train`")
-        device = self.params.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        # kiln eval's loader and scorer: the same perplexity for a document in a stage and in
+        # `kiln eval` (bf16 on a GPU, fp32 on CPU).
+        self.loaded = load_model(path, device=self.params.device, max_length=self.params.max_tokens)
+        self.tokenizer = self.loaded.tokenizer
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.params.max_tokens)
@@ -408,30 +384,10 @@ class LMPerplexity(Filter):
 
     def score_ids(self, ids: list[list[int]]) -> list[float | None]:
         """Perplexity of each token sequence (None for sequences of fewer than 2 tokens)."""
-        import torch
+        from trainer.evaluate import token_nll
 
-        out: list[float | None] = [None] * len(ids)
-        lengths = [len(x) for x in ids]
-        for batch in length_batches(lengths, self.params.batch_tokens):
-            batch = [i for i in batch if lengths[i] >= 2]
-            if not batch:
-                continue
-            width = max(lengths[i] for i in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : lengths[i]] = torch.tensor(ids[i])
-                mask[row, : lengths[i]] = 1
-            input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
-            target_mask = mask[:, 1:].float()
-            mean_nll = (nll * target_mask).sum(1) / target_mask.sum(1)
-            for row, i in enumerate(batch):
-                out[i] = float(torch.exp(mean_nll[row]).item())
-        return out
+        nll, count = token_nll(self.loaded, ids, batch_size=max(1, len(ids)), batch_tokens=self.params.batch_tokens)
+        return [float(math.exp(n / c)) if c else None for n, c in zip(nll, count)]
 
     def compute(self, batch: pa.Table) -> pa.Table:
         scores = self.score_ids(self._encode(text_column(batch)))

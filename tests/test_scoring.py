@@ -25,11 +25,11 @@ from operators.scoring import (
     Perplexity,
     QualityClassifier,
     card_path,
-    length_batches,
     prepare_classifier_text,
     prepare_paragraphs,
     prepare_sentences,
 )
+from trainer.evaluate import length_batches
 
 # --------------------------------------------------------------------------- helpers
 

@@ -219,6 +219,23 @@ def windows(length: int, max_length: int) -> list[tuple[int, int]]:
     return spans
 
 
+def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so sequences of similar length share a batch (longest first) and each
+    padded batch (rows x longest row) stays within `batch_tokens`."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * max(longest, 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def token_nll(loaded: LoadedModel, sequences: Sequence[Sequence[int]], batch_size: int = 8,
               batch_tokens: int = 16384) -> tuple[np.ndarray, np.ndarray]:
     """Summed negative log-likelihood (nats) and number of scored tokens per sequence."""
@@ -229,16 +246,13 @@ def token_nll(loaded: LoadedModel, sequences: Sequence[Sequence[int]], batch_siz
     jobs = []  # (sequence index, start, end)
     for i, seq in enumerate(sequences):
         jobs.extend((i, s, e) for s, e in windows(len(seq), loaded.max_length))
-    # Longest first: batches of similar lengths waste little on padding.
-    jobs.sort(key=lambda j: -(j[2] - j[1]))
     nll = np.zeros(len(sequences), dtype=np.float64)
     count = np.zeros(len(sequences), dtype=np.int64)
-    position = 0
-    while position < len(jobs):
-        width = jobs[position][2] - jobs[position][1]
-        size = max(1, min(batch_size, batch_tokens // max(1, width)))
-        batch = jobs[position:position + size]
-        position += size
+    batches = [rows[k:k + batch_size] for rows in length_batches([e - s for _, s, e in jobs], batch_tokens)
+               for k in range(0, len(rows), batch_size)]
+    for rows in batches:
+        batch = [jobs[j] for j in rows]
+        width = max(e - s for _, s, e in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, (i, s, e) in enumerate(batch):  # right padding: positions stay 0..n-1
