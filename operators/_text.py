@@ -86,16 +86,42 @@ def script_stats(texts: pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
 
 
 def document_langs(batch: pa.Table) -> list[str]:
-    """Each document's language: the `lang` column where set, otherwise a script guess
-    (`zh` when Han characters make up at least ZH_GUESS_HAN_SHARE of its letters, else `en`)."""
+    """Each document's language: the `lang` column where set, otherwise a guess: `zh` when
+    Han characters make up at least ZH_GUESS_HAN_SHARE of its letters, else fastText lid.176's
+    top label (so a German page is not judged by English-only rules because language_id did
+    not run), or `en` where the model is not installed."""
     texts = batch.column("text")
     declared = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
     if all(lang is not None for lang in declared):
         return declared
     han = count_regex(texts, HAN_RE2)
     latin = count_regex(texts, LATIN_RE2)
-    guess = np.where(ratio(han, han + latin) >= ZH_GUESS_HAN_SHARE, "zh", "en")
+    guess = np.where(ratio(han, han + latin) >= ZH_GUESS_HAN_SHARE, "zh", "en").astype(object)
+    # Texts with few Latin letters keep the `en` guess: lid.176 is unreliable on them.
+    unknown = [i for i, lang in enumerate(declared) if lang is None and guess[i] != "zh" and latin[i] >= LID_MIN_LETTERS]
+    model = _lid_model()
+    if unknown and model is not None:
+        unknown_texts = texts.take(pa.array(unknown, pa.int64())).to_pylist()
+        labels, _ = model.predict([_LID_NEWLINES.sub(" ", t or "") for t in unknown_texts], k=1)
+        for i, label in zip(unknown, labels):
+            if len(label):
+                guess[i] = label[0].removeprefix("__label__")
     return [lang if lang is not None else str(g) for lang, g in zip(declared, guess)]
+
+
+LID_MIN_LETTERS = 20
+_LID_NEWLINES = re.compile(r"[\r\n\t\u2028\u2029]+")
+
+
+@lru_cache(maxsize=1)
+def _lid_model():
+    """language_id's lid.176 model, for the guess; None when it is not installed."""
+    from operators.language import ModelMissing, default_model_path, load_model
+
+    try:
+        return load_model(default_model_path())
+    except ModelMissing:
+        return None
 
 
 def lang_mask(langs: list[str], wanted: list[str] | None) -> np.ndarray:
