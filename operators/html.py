@@ -33,6 +33,11 @@ from operators.rules import Rule
 HTML_HINT = re.compile(r"<(?:!doctype|html|head|body|div|p|span|table|article|meta|title|br)\b", re.I)
 HINT_CHARS = 4096
 BLANK_LINES = re.compile(r"\n{3,}")
+# trafilatura writes a table row as its cells joined by " | ". Pages laid out with tables
+# (older sites, forums) then come out as one line per row holding whole paragraphs: a cell
+# this long is a paragraph and gets its own line; rows of short cells stay as data tables.
+LAYOUT_CELL_CHARS = 100
+CELL_SPLIT = re.compile(r"\s*\|\s*")
 META_KEYS = ("author", "date", "sitename", "description", "hostname", "categories", "tags")
 
 
@@ -88,6 +93,23 @@ class HtmlExtract(Mapper):
         meta = {key: getattr(doc, key, None) for key in META_KEYS} if p.metadata else {}
         return doc.text or "", doc.title or None, {k: v for k, v in meta.items() if v}
 
+    @staticmethod
+    def untable(text: str) -> str:
+        """Layout-table rows split into their paragraphs; empty cells and edge pipes dropped."""
+        if "|" not in text:
+            return text
+        lines = []
+        for line in text.split("\n"):
+            if "|" not in line:
+                lines.append(line)
+                continue
+            cells = [cell for cell in CELL_SPLIT.split(line.strip()) if cell]
+            if any(len(cell) >= LAYOUT_CELL_CHARS for cell in cells):
+                lines.extend(cells)
+            else:
+                lines.append(" | ".join(cells))
+        return "\n".join(lines)
+
     def map(self, batch: pa.Table) -> Outcome:
         htmls = text_column(batch)
         urls = batch.column("url").to_pylist() if "url" in batch.column_names else [None] * len(htmls)
@@ -102,7 +124,7 @@ class HtmlExtract(Mapper):
             if not HTML_HINT.search(html[:HINT_CHARS]):
                 continue  # already text (a WET record)
             text, title, extra = self.extract(html, urls[i])
-            text = BLANK_LINES.sub("\n\n", text).strip()
+            text = BLANK_LINES.sub("\n\n", self.untable(text)).strip()
             html_chars[i] = len(html)
             ratios[i] = len(text) / len(html) if html else 0.0
             titles[i] = title
