@@ -68,3 +68,10 @@ def test_real_warc_responses_extract_without_errors(shared_data):
     kept = [t for t, r in zip(out.column("text").to_pylist(), reasons) if r is None]
     assert len(kept) >= 12
     assert sum(1 for t in kept if sum("\u4e00" <= c <= "\u9fff" for c in t) > 50) >= 4  # the Chinese pages
+
+
+def test_layout_table_rows_become_paragraph_lines_and_data_rows_stay():
+    paragraph = "This is a long paragraph of the story that a page laid out with tables holds in one cell. " * 2
+    text = f"| {paragraph.strip()} | | {paragraph.strip()} |\nYear | Film | Notes\n2014 | Gravity | won"
+    assert HtmlExtract.untable(text).split("\n") == [paragraph.strip(), paragraph.strip(),
+                                                      "Year | Film | Notes", "2014 | Gravity | won"]

@@ -126,3 +126,26 @@ def test_html_field_of_jsonl(tmp_path):
 
         pq.write_table(pa.table({"text": ["x"]}), tmp_path / "p.parquet")
         expand_inputs([InputSpec(path=str(tmp_path / "p.parquet"), html_field="html")])
+
+
+@pytest.mark.ray
+def test_kiln_run_reads_every_web_sample_file(shared_data, run_config):
+    """`kiln run` over every file of web_warc_samples (as WARC) and web_charset_samples
+    (auto encoding, one document per file): docs_in is every record, each kept or rejected."""
+    warcs = [e["path"] for e in inventory(shared_data)]
+    charset = shared_data / "web_charset_samples"
+    in_process = sum(read(path=p, format="warc").num_rows for p in warcs)
+    config = {
+        "run": {"name": "web"}, "ray": {"batch_size": 64},
+        "inputs": [*({"path": p, "format": "warc", "source": "warc"} for p in warcs),
+                   {"path": str(charset / "*/*.*"), "format": "txt", "txt_mode": "file", "encoding": "auto",
+                    "source": "charset"}],
+        "stages": [{"name": "read", "ops": [{"length_filter": {"min_chars": 1}}]}],
+    }
+    stats, _ = run_config(config)
+    stage = stats["stages"][0]
+    charset_files = list(charset.glob("*/*.*"))
+    assert stage["docs_in"] == in_process + len(charset_files)
+    assert stage["docs_in"] == stage["docs_out"] + stage["rejected_total"]
+    assert stage["rejected"]["read/skipped_request"] > 50
+    assert stage["rejected"].get("read/bad_encoding", 0) <= 3  # EUC-TW has no Python codec
