@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from operators import registry
 from operators.base import Operator
@@ -113,6 +113,16 @@ class InputSpec(Strict):
             raise ValueError(f"unknown encoding {v!r}: use a Python codec name (utf-8, gbk, gb18030, big5, "
                              "shift_jis, windows-1252, ...) or auto")
         return v
+
+    @model_validator(mode="after")
+    def _lines_need_ascii_newlines(self) -> InputSpec:
+        from pipeline.decoding import codec_name
+
+        wide = (codec_name(self.encoding) or "").startswith(("utf-16", "utf-32"))
+        if wide and self.format in ("auto", "jsonl", "txt") and self.txt_mode != "file":
+            raise ValueError(f"encoding {self.encoding}: such files cannot be split into lines; "
+                             "read them whole with format: txt, txt_mode: file")
+        return self
 
 
 class Resources(Strict):

@@ -1,4 +1,8 @@
-"""Readers: jsonl, jsonl.gz/.zst/.bz2/.xz, parquet and plain text into document batches.
+"""Readers: jsonl, jsonl.gz/.zst/.bz2/.xz, parquet and plain text into document batches;
+WARC/WET and HTML files through `pipeline.readers_web`.
+
+Bytes become text in the input's `encoding` (UTF-8 by default, any Python codec, or `auto`;
+see `pipeline.decoding`).
 
 Every physical record becomes a row. Records that cannot be used (malformed JSON, invalid
 UTF-8, a missing, non-string or empty text field, a document over `max_doc_bytes`, a
@@ -60,7 +64,7 @@ DOC_SCHEMA = pa.schema(
 )
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".text": "txt",
-           ".parquet": "parquet"}
+           ".parquet": "parquet", ".html": "html", ".htm": "html", ".xhtml": "html"}
 BATCH_ROWS = 4096
 BATCH_BYTES = 64 << 20
 # What a rejected row keeps of an unusable record, so the rejected set stays inspectable.
@@ -80,9 +84,8 @@ class InputFile:
 
 def _split_suffixes(path: str) -> tuple[str | None, str | None]:
     name = os.path.basename(path).lower()
-    web = readers_web.web_format(name)
-    if web is not None:  # WARC files are decompressed by the WARC parser itself
-        return web, None
+    if readers_web.is_warc(name):  # WARC files are decompressed by the WARC parser itself
+        return "warc", None
     compression = None
     for suffix, kind in COMPRESSIONS.items():
         if name.endswith(suffix):

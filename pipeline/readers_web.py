@@ -38,22 +38,17 @@ if TYPE_CHECKING:
     from pipeline.readers import InputFile
 
 FORMATS = ("warc", "html")
-SUFFIXES = (".warc", ".wet", ".wat", ".arc", ".lz4", ".html", ".htm", ".xhtml")
+SUFFIXES = (".warc", ".wet", ".wat", ".arc", ".lz4")
 WARC_NAME = re.compile(r"\.(?:warc|wet|wat|arc)(?:\.(?:gz|lz4))?$")
-HTML_NAME = re.compile(r"\.(?:html|htm|xhtml)(?:\.(?:gz|zst|zstd|bz2|xz))?$")
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # Bytes that mark a page as HTML where the server sent no content type.
 HTML_SNIFF = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
 HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
-def web_format(name: str) -> str | None:
-    """`warc` or `html` from a lower-case file name, None for other files."""
-    if WARC_NAME.search(name):
-        return "warc"
-    if HTML_NAME.search(name):
-        return "html"
-    return None
+def is_warc(name: str) -> bool:
+    """A lower-case file name of a WARC, WET, WAT or ARC file, compressed or not."""
+    return WARC_NAME.search(name) is not None
 
 
 def web_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:

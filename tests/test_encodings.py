@@ -101,3 +101,11 @@ def test_bytes_that_do_not_decode_are_bad_encoding(tmp_path):
     table = read(path=str(path), encoding="gbk")
     assert table.column("reject_reason").to_pylist() == [None, "bad_encoding"]
     assert "not valid gb18030 at byte 0" in table.column("reject_detail")[1].as_py()
+
+
+def test_utf16_lines_are_a_config_error_and_whole_files_read(shared_data):
+    with pytest.raises(ConfigError, match=r"inputs\[0\]: encoding utf-16: such files cannot be split into lines"):
+        parse_config({"inputs": [{"path": "x.jsonl", "encoding": "utf-16"}], "stages": [{"name": "s", "ops": []}]})
+    sample = next(s for s in charset_samples(shared_data) if s["encoding"] == "utf-16le")
+    table = read(path=sample["path"], format="txt", txt_mode="file", encoding="utf-16le")
+    assert table.column("text")[0].as_py() == truth(sample)

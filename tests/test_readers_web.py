@@ -149,3 +149,12 @@ def test_kiln_run_reads_every_web_sample_file(shared_data, run_config):
     assert stage["docs_in"] == stage["docs_out"] + stage["rejected_total"]
     assert stage["rejected"]["read/skipped_request"] > 50
     assert stage["rejected"].get("read/bad_encoding", 0) <= 3  # EUC-TW has no Python codec
+
+
+def test_compressed_html_file(tmp_path):
+    import gzip
+
+    page = "<html><head><meta charset=big5></head><body><p>繁體中文的網頁內容。</p></body></html>"
+    with gzip.open(tmp_path / "page.html.gz", "wb") as f:
+        f.write(page.encode("big5"))
+    assert read(path=str(tmp_path / "page.html.gz")).column("text").to_pylist() == [page]
