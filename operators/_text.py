@@ -102,7 +102,8 @@ def document_langs(batch: pa.Table) -> list[str]:
     model = _lid_model()
     if unknown and model is not None:
         unknown_texts = texts.take(pa.array(unknown, pa.int64())).to_pylist()
-        labels, _ = model.predict([_LID_NEWLINES.sub(" ", t or "") for t in unknown_texts], k=1)
+        # The first characters tell the language; every rule operator asks again, so keep it cheap.
+        labels, _ = model.predict([_LID_NEWLINES.sub(" ", (t or "")[:LID_CHARS]) for t in unknown_texts], k=1)
         for i, label in zip(unknown, labels):
             if len(label):
                 guess[i] = label[0].removeprefix("__label__")
@@ -110,6 +111,7 @@ def document_langs(batch: pa.Table) -> list[str]:
 
 
 LID_MIN_LETTERS = 20
+LID_CHARS = 2000
 _LID_NEWLINES = re.compile(r"[\r\n\t\u2028\u2029]+")
 
 

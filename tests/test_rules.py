@@ -526,3 +526,15 @@ def test_c4_and_fineweb_rules_count_chinese_sentences_and_line_ends():
     assert out.column("stat.sentences").to_pylist() == [text.count("。")]
     assert out.column("stat.line_punct_ratio").to_pylist() == [1.0]
     assert reasons(out) == [None]
+
+
+def test_unlabelled_german_is_not_judged_by_english_rules():
+    german = ("Der Markt in der kleinen Stadt am Fluss fand am Samstag statt, und die Bauern aus dem Tal "
+              "brachten Äpfel, Birnen und Honig mit. Viele Familien kamen mit ihren Kindern aus den Bergen "
+              "herunter, um die Stände zu sehen. Der Bürgermeister sagte, dass der Markt jedes Jahr größer "
+              "werde und im nächsten Jahr zwei Tage dauern solle.")
+    out = run_operators([GopherQuality()], table([german, GOOD_EN]))
+    assert reasons(out) == [None, None]
+    assert out.column("stat.stopwords").to_pylist()[0] is None  # not measured: lid.176 says de
+    out = run_operators([GopherQuality()], table([german], "en"))  # declared English: judged
+    assert reasons(out) == ["too_few_stopwords"]
