@@ -65,26 +65,28 @@ class HtmlExtract(Mapper):
 
     def setup(self) -> None:
         if self.params.engine == "trafilatura":
+            import trafilatura
             from trafilatura.settings import use_config
 
+            self._extract = trafilatura.bare_extraction
             self._config = use_config()
             # The timeout uses signal.alarm, which only works in a main thread (not in Ray's).
             self._config.set("DEFAULT", "EXTRACTION_TIMEOUT", "0")
+        else:
+            from resiliparse.extract.html2text import extract_plain_text
+            from resiliparse.parse.html import HTMLTree
+
+            self._extract, self._parse = extract_plain_text, HTMLTree.parse
 
     def extract(self, html: str, url: str | None) -> tuple[str, str | None, dict[str, Any]]:
         """(main text, title, other metadata) of one page."""
         p = self.params
         if p.engine == "resiliparse":
-            from resiliparse.extract.html2text import extract_plain_text
-            from resiliparse.parse.html import HTMLTree
-
-            tree = HTMLTree.parse(html)
-            text = extract_plain_text(tree, main_content=True, alt_texts=False, noscript=False,
-                                      skip_elements=None if p.include_tables else ["table"])
+            tree = self._parse(html)
+            text = self._extract(tree, main_content=True, alt_texts=False, noscript=False,
+                                 skip_elements=None if p.include_tables else ["table"])
             return text, (tree.title or None), {}
-        import trafilatura
-
-        doc = trafilatura.bare_extraction(
+        doc = self._extract(
             html, url=url, favor_precision=p.favor == "precision", favor_recall=p.favor == "recall",
             include_comments=p.include_comments, include_tables=p.include_tables,
             with_metadata=p.metadata, config=self._config)
@@ -124,7 +126,10 @@ class HtmlExtract(Mapper):
             if not HTML_HINT.search(html[:HINT_CHARS]):
                 continue  # already text (a WET record)
             text, title, extra = self.extract(html, urls[i])
-            text = BLANK_LINES.sub("\n\n", self.untable(text)).strip()
+            text = self.untable(text)
+            if "\n\n\n" in text:
+                text = BLANK_LINES.sub("\n\n", text)
+            text = text.strip()
             html_chars[i] = len(html)
             ratios[i] = len(text) / len(html) if html else 0.0
             titles[i] = title
