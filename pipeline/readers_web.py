@@ -19,11 +19,17 @@ compression, gzip per record or per file, and LZ4): every record is accounted fo
   read past is one `corrupt_file` rejection naming the byte offset, after the records read
   before it.
 
+ARC files (the Internet Archive's format before WARC; `.arc`, `.arc.gz`) and WARC files with
+LF-only line ends (cc_net's WET samples), which FastWARC does not read, go through two small
+parsers here that hand the same records to the same code.
+
 HTML files (`.html`, `.htm`, `.xhtml`, optionally compressed) are one document each.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import re
 import zlib
 from collections.abc import Iterator
@@ -172,16 +178,68 @@ def _lf_records(stream: Any) -> Iterator[_LfRecord]:
         yield _LfRecord(headers, b"".join(body).rstrip(b"\n"), start)
 
 
-def _lf_only(file: InputFile) -> bool:
-    """True for a WARC file whose first line ends in LF alone."""
+def _arc_records(stream: Any) -> Iterator[_LfRecord]:
+    """Records of an ARC file (Internet Archive's format before WARC, v1 and v2): a header
+    line `URL IP date content-type ... length`, then `length` bytes. The `filedesc://` record
+    is the file's description; a header whose length is not a number is a malformed record,
+    and reading goes on at the next line (the ARC readers of warcio and ia-web-commons recover
+    the same way)."""
+    position = 0
+    recovering = False
+    while True:
+        line = stream.readline()
+        if not line:
+            return
+        start = position
+        position += len(line)
+        if not line.strip():
+            continue
+        fields = line.split()
+        # The date (14 digits or more) follows the IP address; a URL may hold spaces.
+        date_at = next((i for i in range(2, len(fields) - 1) if fields[i].isdigit() and len(fields[i]) >= 14), None)
+        if date_at is None or len(fields) < 5:
+            if recovering:
+                continue  # the unknown body of a malformed record
+            raise ValueError(f"not an ARC record header at byte {start}")
+        recovering = False
+        url = b" ".join(fields[: date_at - 1]).decode("utf-8", "replace")
+        date = fields[date_at].decode("ascii")
+        headers = _Headers({"warc-target-uri": url,
+                            "warc-date": f"{date[:4]}-{date[4:6]}-{date[6:8]}T{date[8:10]}:{date[10:12]}:{date[12:14]}Z"})
+        try:
+            length = int(fields[-1])
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            headers["warc-type"] = "malformed"
+            recovering = True
+            yield _LfRecord(headers, b"", start)
+            continue
+        block = stream.read(length)
+        position += len(block)
+        headers["warc-type"] = "arcinfo" if url.startswith("filedesc:") else "response"
+        record = _LfRecord(headers, block, start)
+        record.content_length = length  # a block cut short is a truncated record
+        yield record
+
+
+def _sniff(file: InputFile) -> str:
+    """`arc`, `lf_warc` (a WARC file whose lines end in LF alone) or `warc`."""
     from pipeline.readers import _open
 
     try:
         with _open(file) as stream:
             first = stream.read(64)
+            if first.startswith(b"\x1f\x8b"):  # gzip: FastWARC reads it; ARC is read here
+                with gzip.GzipFile(fileobj=io.BytesIO(first + stream.read(4096))) as inner:
+                    first = inner.read(64)
     except (OSError, EOFError):
-        return False
-    return first.startswith(b"WARC/") and b"\n" in first and not first.split(b"\n", 1)[0].endswith(b"\r")
+        return "warc"
+    if first.startswith(b"filedesc://"):
+        return "arc"
+    if first.startswith(b"WARC/") and b"\n" in first and not first.split(b"\n", 1)[0].endswith(b"\r"):
+        return "lf_warc"
+    return "warc"
 
 
 def _warc_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
@@ -192,17 +250,24 @@ def _warc_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
     decoder = _decoder(spec)
     count = 0
     position = 0
-    lf_only = _lf_only(file)
-    with _open(file) as stream:
+    kind = _sniff(file)
+    with _open(file) as raw:
         try:
-            records = _lf_records(stream) if lf_only else ArchiveIterator(stream, parse_http=False)
+            if kind == "warc":
+                records: Any = ArchiveIterator(raw, parse_http=False)
+            else:
+                stream = raw
+                head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+                if head == b"\x1f\x8b":
+                    stream = gzip.GzipFile(fileobj=raw)
+                records = _arc_records(stream) if kind == "arc" else _lf_records(stream)
             for record in records:
                 count += 1
                 position = record.stream_pos
                 yield _record_row(file, spec, decoder, record, count)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zlib.error) as e:
             where = f"{file.relative}@{position}"
-            what = "not a WARC file" if count == 0 else f"cannot read past record {count} (byte {position})"
+            what = "not a WARC or ARC file" if count == 0 else f"cannot read past record {count} (byte {position})"
             yield _reject(file, where, "corrupt_file", f": {what}: {e}", "")
             return
     if count == 0:
@@ -226,6 +291,8 @@ def _record_row(file: InputFile, spec: InputSpec, decoder: Decoder, record: Any,
         row.update(url=url, warc_record_id=record_id, warc_date=date)
         return row
 
+    if kind == "malformed":
+        return reject("malformed_record", extra=": the ARC header's length is not a number")
     if kind not in ("response", "resource", "conversion"):
         return reject(f"skipped_{re.sub(r'[^a-z0-9]+', '_', kind)[:20]}")
     if len(block) < record.content_length:
