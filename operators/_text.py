@@ -101,17 +101,25 @@ def document_langs(batch: pa.Table) -> list[str]:
     unknown = [i for i, lang in enumerate(declared) if lang is None and guess[i] != "zh" and latin[i] >= LID_MIN_LETTERS]
     model = _lid_model()
     if unknown and model is not None:
-        unknown_texts = texts.take(pa.array(unknown, pa.int64())).to_pylist()
-        # The first characters tell the language; every rule operator asks again, so keep it cheap.
-        labels, _ = model.predict([_LID_NEWLINES.sub(" ", (t or "")[:LID_CHARS]) for t in unknown_texts], k=1)
-        for i, label in zip(unknown, labels):
-            if len(label):
-                guess[i] = label[0].removeprefix("__label__")
+        # The first characters tell the language. Every rule operator of a stage asks again
+        # for the same documents, so guesses are kept by those characters.
+        heads = [(t or "")[:LID_CHARS] for t in texts.take(pa.array(unknown, pa.int64())).to_pylist()]
+        new = [h for h in dict.fromkeys(heads) if h not in _LID_CACHE]
+        if new:
+            if len(_LID_CACHE) + len(new) > LID_CACHE_SIZE:
+                _LID_CACHE.clear()
+            labels, _ = model.predict([_LID_NEWLINES.sub(" ", h) for h in new], k=1)
+            _LID_CACHE.update((h, label[0].removeprefix("__label__") if len(label) else "en")
+                              for h, label in zip(new, labels))
+        for i, head in zip(unknown, heads):
+            guess[i] = _LID_CACHE.get(head, "en")
     return [lang if lang is not None else str(g) for lang, g in zip(declared, guess)]
 
 
 LID_MIN_LETTERS = 20
-LID_CHARS = 2000
+LID_CHARS = 500
+LID_CACHE_SIZE = 50_000
+_LID_CACHE: dict[str, str] = {}
 _LID_NEWLINES = re.compile(r"[\r\n\t\u2028\u2029]+")
 
 
