@@ -228,6 +228,35 @@ def base_checkpoint(shards, tmp_path_factory) -> Path:
     return train(parse_train_config(cfg)).final_dir
 
 
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_a_loaded_model_recomputes_layers_in_backward_when_checkpointing(base_checkpoint, shards, tmp_path,
+                                                                        monkeypatch, checkpointing):
+    """from_pretrained returns a model in eval mode, where HF layers never recompute: the trainer
+    must put it in training mode. Each layer's MLP runs once per micro-batch forward, and once
+    more in backward when activation checkpointing is on."""
+    calls: list[int] = []
+    build = M.build_model
+
+    def counting_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for layer in model.model.layers:  # (module hooks do not fire in the recomputation)
+            layer.mlp.forward = counted(layer.mlp.forward)
+        return model
+
+    def counted(forward):
+        def run(*args, **kwargs):
+            calls.append(1)
+            return forward(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(M, "build_model", counting_build)
+    cfg = F.train_config(shards, tmp_path / "run", max_steps=1, grad_accum_steps=2, micro_batch_size=2)
+    cfg["model"] = {"checkpoint": str(base_checkpoint), "activation_checkpointing": checkpointing}
+    train(parse_train_config(cfg))
+    layers, micro_batches = F.TINY_MODEL["num_hidden_layers"], 2
+    assert len(calls) == layers * micro_batches * (2 if checkpointing else 1)
+
+
 def test_new_tokens_start_as_the_mean_of_their_old_pieces(base_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -268,6 +268,9 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
         added = M.expand_vocabulary(model, old_tok, new_tok, shard_vocab)
     hf_config = model.config
     hf_config.use_cache = False
+    # from_pretrained returns the model in eval mode, and HF layers recompute activations only
+    # when `self.training`: without this, activation checkpointing is silently off.
+    model.train()
     if mc.activation_checkpointing:
         # transformers 5 renamed gradient_ to activation_checkpointing_enable (the old name warns).
         if hasattr(model, "activation_checkpointing_enable"):
