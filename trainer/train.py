@@ -156,7 +156,12 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, plan: DataPlan, e
 
 def load_checkpoint(path: Path, model, optimizer, plan: DataPlan) -> int:
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
 
     state = json.loads((path / "trainer_state.json").read_text())
     if state["global_batch"] != plan.global_batch:
@@ -164,14 +169,28 @@ def load_checkpoint(path: Path, model, optimizer, plan: DataPlan) -> int:
                         f"{plan.global_batch} (micro_batch_size x grad_accum_steps x ranks); keep it equal to resume, "
                         "or use a new output / --set train.resume=false")
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    sd = {"model": model_sd, "optim": optim_sd}
     try:
         with _quiet_dcp():
+            saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+            # get_state_dict gives every parameter AdamW state, but a checkpoint from a `train:
+            # embeddings` phase holds state only for the embeddings (the others have not taken a
+            # step yet): load the state that was saved; the rest starts at its first step, as it
+            # would have without the interruption.
+            optim_sd["state"] = {fqn: st for fqn, st in optim_sd["state"].items()
+                                 if all(f"optim.state.{fqn}.{key}" in saved for key in st)}
+            sd = {"model": model_sd, "optim": optim_sd}
             dcp.load(sd, checkpoint_id=str(path))
-    except Exception as e:  # DCP raises CheckpointException/RuntimeError for mismatched models
-        raise KilnError(f"{path}: cannot resume, the checkpoint does not match this model/config ({str(e)[:300]}); "
+    # DCP wraps its errors in CheckpointException, a BaseException: name it, or it escapes as a traceback.
+    except (Exception, CheckpointException) as e:
+        if isinstance(e, CheckpointException) and e.failures:  # (exception, traceback) per rank
+            e = next(iter(e.failures.values()))[0]
+        reason = " ".join(str(e).split())[:300]
+        raise KilnError(f"{path}: cannot resume, the checkpoint does not match this model/config ({reason}); "
                         "use a new output or --set train.resume=false") from None
-    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    # strict=False: parameters without saved optimizer state (above) are allowed; the model's
+    # keys were all checked by dcp.load, which fails on any key the checkpoint lacks.
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"],
+                   options=StateDictOptions(strict=False))
     return int(state["step"])
 
 
