@@ -307,6 +307,11 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
         for layer in model.model.layers:
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
+        # The loss is already divided by the global step's target tokens (see the loop), so the
+        # ranks' gradients must be summed: FSDP's default divides by the world size once more.
+        for module in (*model.model.layers, model):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
     if mc.compile:
         for layer in model.model.layers:
             layer.compile()
