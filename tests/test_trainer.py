@@ -210,6 +210,35 @@ def test_hf_export_loads_with_transformers(shards, tmp_path):
     assert out.loss.item() < math.log(29) - 0.5  # it learned something; chance is ln(29)
 
 
+# ---------------------------------------------------------------------------- MFU accounting
+
+
+def test_tied_embedding_flops_include_the_head(shards, tmp_path):
+    """A tied model stores one matrix fewer but still multiplies by it in lm_head: same FLOPs."""
+    from transformers import LlamaConfig
+
+    untied = LlamaConfig(vocab_size=1000, tie_word_embeddings=False, **F.TINY_MODEL)
+    tied = LlamaConfig(vocab_size=1000, tie_word_embeddings=True, **F.TINY_MODEL)
+    total, embedding = M.count_params(untied)
+    attention = 12 * 2 * 32 * 32  # 12·L·H·T
+    assert M.flops_per_token(untied, 32) == 6 * (total - embedding) + attention
+    assert M.flops_per_token(tied, 32) == M.flops_per_token(untied, 32)
+    # ...and what the trainer counts for a tied model (train.json; MFU is tokens/s times this).
+    cfg = F.train_config(shards, tmp_path / "run", max_steps=1)
+    cfg["model"]["config"]["tie_word_embeddings"] = True
+    result = train(parse_train_config(cfg))
+    summary = json.loads((result.output_dir / "train.json").read_text())
+    assert summary["flops_per_token"] == 6 * summary["parameters"] + attention  # lm_head included
+
+
+@pytest.mark.parametrize(("name", "tflops"), [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H200", 989.0), ("NVIDIA H200 NVL", 835.0), ("NVIDIA A100-SXM4-80GB", 312.0),
+    ("NVIDIA A100 80GB PCIe", 312.0), ("NVIDIA GeForce RTX 4090", None)])
+def test_peak_tflops_by_full_device_name(name, tflops):
+    assert M.peak_tflops_of(name) == tflops
+
+
 # ---------------------------------------------------------------------------- data order
 
 

@@ -28,8 +28,12 @@ import torch
 
 from pipeline.errors import ConfigError, InputError, KilnError
 
-# Dense bf16 peak per device, TFLOPS (no sparsity), for MFU.
-PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+# Dense bf16 tensor-core peak per GPU, TFLOPS (NVIDIA datasheets, without sparsity), for MFU.
+# torch names devices "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe", "NVIDIA H100 NVL",
+# "NVIDIA H200", "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB", ...: the first pattern found in the
+# name wins, so the slower PCIe and NVL parts come before their family. Unknown devices get no MFU.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.0),
+                    ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
@@ -48,15 +52,22 @@ def flash_attention_available() -> bool:
 def peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return peak_tflops_of(torch.cuda.get_device_name(device))
 
 
-def flops_per_token(n_params: int, layers: int, hidden: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the weights plus 12·L·H·T for attention scores and
-    values (PaLM appendix B), with T the full sequence length, an upper bound for packed
-    documents, which attend only within themselves."""
-    return 6.0 * n_params + 12.0 * layers * hidden * seq_len
+def peak_tflops_of(device_name: str) -> float | None:
+    name = device_name.lower()
+    return next((tflops for pattern, tflops in PEAK_BF16_TFLOPS if pattern.lower() in name), None)
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the weights that multiply plus 12·L·H·T for attention
+    scores and values (PaLM appendix B), with T the full sequence length, an upper bound for
+    packed documents, which attend only within themselves. N leaves out the input embedding (a
+    lookup), but not with tied embeddings: the shared matrix is then also lm_head, a matmul."""
+    total, embedding = count_params(config)
+    matmul_params = total if config.tie_word_embeddings else total - embedding
+    return 6.0 * matmul_params + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
 def check_checkpoint(path: str) -> Path:

@@ -270,7 +270,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
         hf_config = M.llama_config(mc.config, None, shard_vocab, data.seq_len, special)
     assert isinstance(hf_config, LlamaConfig)
     sized = LlamaConfig(**{**hf_config.to_dict(), "vocab_size": max(hf_config.vocab_size, shard_vocab)})
-    n_params, n_embedding = M.count_params(sized)
+    n_params, _ = M.count_params(sized)
     need = M.estimate_memory_bytes(n_params, sized, tc.micro_batch_size, data.seq_len, env.world,
                                    mc.activation_checkpointing)
     have = M.available_memory_bytes(env.device)
@@ -338,8 +338,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
 
     # ---- 4-5. steps and logging ---------------------------------------------------------------
     peak = M.peak_tflops(env.device)
-    # The input embedding is a lookup, not a matmul: it does not count towards 6N.
-    fpt = M.flops_per_token(n_params - n_embedding, hf_config.num_hidden_layers, hf_config.hidden_size, data.seq_len)
+    fpt = M.flops_per_token(sized, data.seq_len)
     metrics = open(out / "metrics.jsonl", "a") if env.main else None  # noqa: SIM115 - closed in finally
     tb = _tensorboard(out) if env.main else None
     bar = _progress(plan.steps, step, env.main and tc.progress)
@@ -435,7 +434,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
                          final_loss=last_loss if not math.isnan(last_loss) else _last_logged_loss(out))
     if env.main:
         summary = {"config": cfg.resolved(), "attention": attention, "world_size": env.world,
-                   "parameters": n_params, "vocab_rows_added": added, "steps": result.steps, "tokens": result.tokens,
+                   "parameters": n_params, "flops_per_token": fpt, "vocab_rows_added": added, "steps": result.steps, "tokens": result.tokens,
                    "final_loss": result.final_loss, "wall_s": round(time.time() - t_start, 2),
                    "phases": [p.__dict__ for p in plan.phases], "final": str(final)}
         (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
