@@ -25,14 +25,17 @@ from trainer.data import DataPlan, ShardData
 from trainer.train import lr_at, train
 
 # Losses of the first 8 steps of F.train_config on F.write_shards (seed 0), bf16 autocast on
-# CPU. Tolerance covers bf16 kernel differences between CPUs; the curve itself falls by ~0.7.
+# CPU. The tolerance covers bf16 kernel differences between CPUs; a GPU (other bf16 kernels,
+# FlashAttention where installed) is held to the same curve more loosely. The curve falls by ~0.7.
 GOLDEN = [3.381956, 3.295935, 3.120154, 3.04071, 2.924409, 2.790912, 2.72285, 2.697857]
 
 
-# The device the trainer picks on this machine, and how close a resumed run's losses must be to the
-# uninterrupted run's: CPU kernels are deterministic; CUDA attention backward kernels may not be.
+# The device the trainer picks on this machine; how close its curve must be to GOLDEN; how close
+# two runs of the same computation (resumed or not, recomputed or not) must be: CPU kernels are
+# deterministic, CUDA attention backward kernels need not be.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-RESUME_TOL = {"cpu": 1e-5, "cuda": 1e-3}
+GOLDEN_TOL = {"cpu": 0.03, "cuda": 0.1}
+REPEAT_TOL = {"cpu": 1e-5, "cuda": 1e-3}
 
 
 @pytest.fixture(scope="module")
@@ -100,21 +103,24 @@ def test_flash_attention_isolates_packed_documents():
 def test_golden_loss_curve(shards, tmp_path):
     result = run(shards, tmp_path / "run")
     got = losses(tmp_path / "run")
-    assert got == pytest.approx(GOLDEN, abs=0.03)
+    assert got == pytest.approx(GOLDEN, abs=GOLDEN_TOL[DEVICE])
     assert got[-1] < got[0] - 0.5
     assert result.steps == 8 and result.tokens == 8 * 4 * 32 and result.final_loss == pytest.approx(got[-1])
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert set(row) >= {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "tflops", "mfu", "mem_gb"}
-    assert row["mfu"] is None and row["tokens_per_s"] > 0
+    assert row["tokens_per_s"] > 0
+    peak = M.peak_tflops(torch.device(DEVICE))  # None on CPU and on GPUs without a known peak
+    assert row["mfu"] == (None if peak is None else pytest.approx(row["tflops"] / peak, abs=1e-4))
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
     assert summary["steps"] == 8 and summary["config"]["train"]["max_steps"] == 8
 
 
 def test_activation_checkpointing_gives_the_same_curve(shards, tmp_path):
+    run(shards, tmp_path / "plain", max_steps=3)
     cfg = F.train_config(shards, tmp_path / "run", max_steps=3)
     cfg["model"]["activation_checkpointing"] = True
     train(parse_train_config(cfg))
-    assert losses(tmp_path / "run") == pytest.approx(GOLDEN[:3], abs=1e-3)
+    assert losses(tmp_path / "run") == pytest.approx(losses(tmp_path / "plain"), abs=REPEAT_TOL[DEVICE])
 
 
 def test_resume_continues_the_uninterrupted_curve(shards, tmp_path):
@@ -131,7 +137,7 @@ def test_resume_continues_the_uninterrupted_curve(shards, tmp_path):
     run(shards, out, checkpoint_every=4, keep_checkpoints=3)
     resumed = losses(out)
     assert len(resumed) == 8
-    assert resumed == pytest.approx(full, abs=RESUME_TOL[DEVICE])
+    assert resumed == pytest.approx(full, abs=REPEAT_TOL[DEVICE])
 
 
 def test_resume_from_an_embeddings_phase_continues_the_uninterrupted_curve(shards, tmp_path):
@@ -148,7 +154,7 @@ def test_resume_from_an_embeddings_phase_continues_the_uninterrupted_curve(shard
         shutil.rmtree(out / "checkpoints" / name)
     shutil.rmtree(out / "final")
     assert train(parse_train_config(cfg)).steps == 6
-    assert losses(out) == pytest.approx(full, abs=RESUME_TOL[DEVICE])
+    assert losses(out) == pytest.approx(full, abs=REPEAT_TOL[DEVICE])
 
 
 def test_resume_into_another_model_is_a_one_line_error(shards, tmp_path, capsys):

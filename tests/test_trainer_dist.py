@@ -117,3 +117,17 @@ def test_ray_train_launcher_runs_two_ranks(tmp_path, monkeypatch):
     assert main(["train", str(config), "--ray-address", "local", "--ray-workers", "2"]) == 0
     assert metrics(tmp_path / "run", "loss") == pytest.approx(GOLDEN, abs=0.03)
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_a_rank_without_a_gpu_is_a_clear_error(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 would take cuda:1, which does not
+    exist; it says so before starting NCCL."""
+    from pipeline.errors import KilnError
+    from trainer.train import Dist
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(KilnError, match=r"local rank 1 but the node has 1 visible GPU.*--nproc_per_node 1"):
+        Dist()

@@ -96,7 +96,12 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and local >= gpus:
+            raise KilnError(f"this process is local rank {local} but the node has {gpus} visible GPU(s): start "
+                            f"at most {gpus} processes per node (torchrun --nproc_per_node {gpus}), or hide the GPUs "
+                            "(CUDA_VISIBLE_DEVICES=) to train on CPU with gloo")
+        self.device = torch.device(f"cuda:{local}") if gpus else torch.device("cpu")
         self.started = False
         if self.world > 1 and not dist.is_initialized():
             if self.device.type == "cuda":
@@ -434,8 +439,8 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
                          final_loss=last_loss if not math.isnan(last_loss) else _last_logged_loss(out))
     if env.main:
         summary = {"config": cfg.resolved(), "attention": attention, "world_size": env.world,
-                   "parameters": n_params, "flops_per_token": fpt, "vocab_rows_added": added, "steps": result.steps, "tokens": result.tokens,
-                   "final_loss": result.final_loss, "wall_s": round(time.time() - t_start, 2),
+                   "parameters": n_params, "flops_per_token": fpt, "vocab_rows_added": added, "steps": result.steps,
+                   "tokens": result.tokens, "final_loss": result.final_loss, "wall_s": round(time.time() - t_start, 2),
                    "phases": [p.__dict__ for p in plan.phases], "final": str(final)}
         (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
