@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,10 @@ def tiny_model(attention: str = "sdpa"):
     return M.build_model(cfg, None, attention, seed=0).eval()
 
 
-def check_isolation(attention: str, device: str) -> None:
+def check_isolation(attention: str, device: str, model=None) -> None:
     """Two rows, each a document packed after another: every second document's logits equal its
     logits alone. The control (positions not restarted) must differ well past bf16 noise."""
-    model = tiny_model(attention).to(device)
+    model = (model or tiny_model(attention)).to(device)
     firsts = [torch.tensor(d) for d in F.documents(2, 1, lo=15, hi=19)]
     seconds = [torch.tensor(d) for d in F.documents(2, 2, lo=21, hi=22)]
     width = max(len(a) for a in firsts) + len(seconds[0])
@@ -95,6 +96,60 @@ def test_packed_documents_do_not_attend_to_each_other(attention):
 @pytest.mark.skipif(not M.flash_attention_available(), reason="needs flash-attn and a CUDA GPU")
 def test_flash_attention_isolates_packed_documents():
     check_isolation("flash_attention_2", "cuda")
+
+
+def test_auto_attention_skips_a_flash_attn_build_that_does_not_load(tmp_path, monkeypatch, capsys):
+    """A flash-attn wheel built for another torch is importable by name but fails to load its
+    kernels: `auto` falls back to sdpa and says why; asking for flash_attention_2 is an error."""
+    fake = tmp_path / "flash_attn"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    M.flash_attention_problem.cache_clear()
+    try:
+        assert M.attention_implementation("auto") == "sdpa"
+        assert "undefined symbol" in capsys.readouterr().err
+        with pytest.raises(KilnError, match="does not load against torch"):
+            M.attention_implementation("flash_attention_2")
+        assert M.attention_implementation("eager") == "eager"
+    finally:
+        M.flash_attention_problem.cache_clear()
+
+
+def test_flash_path_passes_document_boundaries_once_per_micro_batch(shards, monkeypatch):
+    """packed_forward hands FlashAttention the documents' cu_seq_lens and integer max lengths, the
+    same boundaries transformers would derive (with device syncs) in every layer. Checked on CPU
+    with a reference varlen attention (sdpa per document) standing in for flash-attn."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    pos = ShardData(shards).batch(np.arange(4)).position_ids
+    got = M.flash_varlen_kwargs(pos, torch.device("cpu"))
+    (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(pos.reshape(1, -1))
+    assert torch.equal(got["cu_seq_lens_q"], cu_q) and torch.equal(got["cu_seq_lens_k"], cu_k)
+    assert got["max_length_q"] == got["max_length_k"] == int(max_q) == int(max_k)
+    assert isinstance(got["max_length_q"], int)
+
+    calls = []
+
+    def varlen_reference(module, query, key, value, attention_mask, cu_seq_lens_q=None, max_length_q=None, **kw):
+        assert isinstance(max_length_q, int) and cu_seq_lens_q is not None
+        calls.append(cu_seq_lens_q)
+        out = torch.empty_like(query.transpose(1, 2))
+        bounds = cu_seq_lens_q.tolist()
+        for a, b in itertools.pairwise(bounds):
+            out[:, a:b], _ = sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                                     is_causal=True, scaling=kw.get("scaling"))
+        return out, None
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "flash_attention_2", varlen_reference)
+    model = tiny_model("sdpa")
+    model.config._attn_implementation = "flash_attention_2"
+    check_isolation("flash_attention_2", "cpu", model)
+    assert calls and all(torch.equal(c, calls[0]) for c in calls[:F.TINY_MODEL["num_hidden_layers"]])
 
 
 # ---------------------------------------------------------------------------- the loop

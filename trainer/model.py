@@ -17,9 +17,11 @@ tests/test_trainer.py checks the isolation.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,15 +40,38 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def attention_implementation(requested: str) -> str:
-    if requested != "auto":
-        if requested == "flash_attention_2" and not flash_attention_available():
-            raise KilnError("model.attention: flash_attention_2 needs the flash-attn package and a CUDA GPU")
+    if requested in ("sdpa", "eager"):
         return requested
-    return "flash_attention_2" if flash_attention_available() else "sdpa"
+    problem = flash_attention_problem()
+    if requested == "flash_attention_2":
+        if problem:
+            raise KilnError(f"model.attention: flash_attention_2 cannot run here: {problem}")
+        return requested
+    if problem and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        print(f"kiln train: model.attention auto: using sdpa, {problem}", file=sys.stderr)
+    return "sdpa" if problem else "flash_attention_2"
 
 
 def flash_attention_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    return flash_attention_problem() is None
+
+
+@functools.cache
+def flash_attention_problem() -> str | None:
+    """Why flash_attention_2 cannot run in this process, or None. The package being importable
+    is not enough: a flash-attn wheel built for another torch or CUDA fails on import (undefined
+    symbols in flash_attn_2_cuda), which would otherwise surface as a crash in the first layer."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "the flash-attn package is not installed (pip install 'kiln[gpu]')"
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401 - loads the compiled kernels
+    except (ImportError, OSError, RuntimeError) as e:
+        reason = " ".join(str(e).split())[:200]
+        return (f"flash-attn is installed but does not load against torch {torch.__version__} ({reason}); "
+                "reinstall it for this torch: pip install --no-build-isolation --force-reinstall flash-attn")
+    return None
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -194,13 +219,35 @@ def build_model(config, checkpoint: str | None, attention: str, seed: int):
 
 
 def packed_forward(model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention: str) -> torch.Tensor:
-    """Logits (b, T, V) of packed rows, documents isolated by their position_ids."""
+    """Logits (b, T, V) of packed rows, documents isolated by their position_ids. position_ids
+    may stay on the host (the loader's tensor): the FlashAttention boundaries come from it."""
     b, t = input_ids.shape
-    if attention == "flash_attention_2" and b > 1:
+    if attention == "flash_attention_2":
+        varlen = flash_varlen_kwargs(position_ids, input_ids.device)
+        position_ids = position_ids.to(input_ids.device, non_blocking=True)
         logits = model(input_ids=input_ids.reshape(1, -1), position_ids=position_ids.reshape(1, -1),
-                       use_cache=False).logits
+                       use_cache=False, **varlen).logits
         return logits.reshape(b, t, -1)
+    position_ids = position_ids.to(input_ids.device, non_blocking=True)
     return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+
+
+def flash_varlen_kwargs(position_ids: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """FlashAttention's varlen arguments for the rows of a micro-batch flattened into one: a
+    document starts where its position is 0, and every row starts one. Without them transformers
+    derives the same from position_ids in every layer, with three host-device syncs each (and
+    graph breaks under torch.compile); here they are computed once, on the host, with the
+    maximum lengths as Python ints."""
+    pos = position_ids.detach().cpu()
+    starts = pos == 0
+    starts[:, 0] = True
+    flat = starts.reshape(-1)
+    cu_seq_lens = torch.cat([flat.nonzero().flatten(), torch.tensor([flat.numel()])]).to(torch.int32)
+    longest = int(cu_seq_lens.diff().max())
+    if device.type == "cuda":
+        cu_seq_lens = cu_seq_lens.pin_memory().to(device, non_blocking=True)
+    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest,
+            "max_length_k": longest}
 
 
 def is_embedding(name: str) -> bool:

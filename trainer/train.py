@@ -365,9 +365,9 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
             targets = env.all_sum(targets).clamp(min=1.0)
             loss_sum = torch.zeros((), device=env.device)
             for b in micro:
-                ids, pos, labels = (x.to(env.device, non_blocking=True) for x in (b.input_ids, b.position_ids, b.labels))
+                ids, labels = (x.to(env.device, non_blocking=True) for x in (b.input_ids, b.labels))
                 with autocast:
-                    logits = M.packed_forward(model, ids, pos, attention)
+                    logits = M.packed_forward(model, ids, b.position_ids, attention)
                 loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                        labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
                 (loss / targets).backward()
