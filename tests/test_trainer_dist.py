@@ -19,6 +19,9 @@ import torch
 import train_fixtures as F
 import yaml
 
+from trainer.config import parse_train_config
+from trainer.train import train
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,7 +60,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     """Same global batch of 4 sequences: one process accumulating four micro-batches of 1, against
     two gloo ranks each accumulating two (same shapes, so bf16 kernels agree; only the order of
     the fp32 gradient sums differs). The loss is divided by the global step's target tokens, so
-    FSDP must sum the ranks' gradients: the gradient norms agree to 1e-5 (they were half)."""
+    FSDP must sum the ranks' gradients: the first step's gradient norms agree to 1e-5 (they
+    were half)."""
     from transformers import AutoModelForCausalLM
 
     shards = F.write_shards(tmp_path / "shards")
@@ -70,9 +74,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     one, two = metrics(tmp_path / "single", "loss"), metrics(tmp_path / "dual", "loss")
     assert len(two) == 8
     assert two[0] == pytest.approx(one[0], abs=1e-5)
-    assert metrics(tmp_path / "dual", "grad_norm") == pytest.approx(metrics(tmp_path / "single", "grad_norm"),
-                                                                     abs=1e-5)
-    assert two == pytest.approx(one, abs=1e-5)
+    norms_one, norms_two = metrics(tmp_path / "single", "grad_norm"), metrics(tmp_path / "dual", "grad_norm")
+    assert norms_two[0] == pytest.approx(norms_one[0], abs=1e-5)
+    # Later steps: the fp32 gradient sums run in another order (two ranks, one reduction per
+    # step), and the tiny model at lr 1e-2 amplifies the rounding a little from step to step.
+    assert norms_two == pytest.approx(norms_one, rel=1e-3)
+    assert two == pytest.approx(one, abs=1e-3)
+    summary = json.loads((tmp_path / "dual" / "train.json").read_text())
+    assert summary["gradient_sync"] == "last micro-batch"  # one reduce-scatter per step, not per micro-batch
     state = json.loads((tmp_path / "dual" / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
     assert state["global_batch"] == 4 and state["sequences_consumed"] == 16
     assert len(list((tmp_path / "dual" / "checkpoints" / "step-000008").glob("*.distcp"))) == 2  # one per rank
@@ -84,6 +93,34 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "dual" / "final")
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "final")
     assert max((x.float() - y.float()).abs().max().item() for x, y in zip(a.parameters(), b.parameters())) < 0.01
+
+
+def test_one_rank_fsdp_trains_like_the_plain_module(tmp_path, monkeypatch):
+    """A lone process on a GPU goes through FSDP2 too (a one-rank group), for the same precision
+    policy as many GPUs. The same path, forced on CPU: the curve of the plain module, a resume
+    from its checkpoint continues it, and the export gathers the one shard."""
+    from functools import partial
+
+    from transformers import AutoModelForCausalLM
+
+    import trainer.train as T
+
+    shards = F.write_shards(tmp_path / "shards")
+    plain = train(parse_train_config(F.train_config(shards, tmp_path / "plain", max_steps=4)))
+    monkeypatch.setattr(T, "Dist", partial(T.Dist, sharded=True))
+    cfg = parse_train_config(F.train_config(shards, tmp_path / "fsdp", max_steps=4, checkpoint_every=2))
+    train(cfg)
+    for key in ("loss", "grad_norm"):
+        assert metrics(tmp_path / "fsdp", key) == pytest.approx(metrics(tmp_path / "plain", key), abs=1e-5)
+    assert json.loads((tmp_path / "fsdp" / "train.json").read_text())["fsdp"] is True
+    assert json.loads((tmp_path / "plain" / "train.json").read_text())["fsdp"] is False
+    shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / "step-000004")
+    shutil.rmtree(tmp_path / "fsdp" / "final")
+    train(cfg)
+    assert metrics(tmp_path / "fsdp", "loss") == pytest.approx(metrics(tmp_path / "plain", "loss"), abs=1e-5)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final")
+    b = AutoModelForCausalLM.from_pretrained(plain.final_dir)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
 @pytest.mark.gpu

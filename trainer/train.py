@@ -1,7 +1,9 @@
 """`kiln train`: continual pretraining of a LLaMA on kiln shards, in one flat loop.
 
 One process, or many under torchrun (FSDP2 `fully_shard` per decoder layer, then the whole
-model). The loop, phase by phase:
+model; a lone GPU process too, in a one-rank group, so one GPU and many share the precision
+policy: bf16 parameters for compute, fp32 master weights and gradient reduction). The loop,
+phase by phase:
 
 1. setup     - config, shards (validated), tokenizer checks, memory estimate: every
                user-fixable problem is a KilnError here, before weights load.
@@ -10,7 +12,9 @@ model). The loop, phase by phase:
 3. resume    - newest checkpoint in output/checkpoints (model, optimizer, step = data position).
 4. steps     - micro-batches of this rank, bf16 autocast, fp32 loss summed over target tokens
                and divided by the global step's target tokens (so accumulation and ranks give
-               the same gradient as one big batch), clip, AdamW, warmup + cosine lr.
+               the same gradient as one big batch: FSDP sums the ranks' gradients, and reduces
+               them once per step when accumulating, where memory allows), clip, AdamW,
+               warmup + cosine lr.
 5. log       - metrics.jsonl (+ TensorBoard), progress bar.
 6. save      - torch.distributed.checkpoint every N steps, atomically (tmp dir, rename), last
                K kept; final/ in HF format with the shards' tokenizer; train.json.
@@ -90,9 +94,12 @@ def _quiet_dcp():
 
 
 class Dist:
-    """Rank, world and device; torchrun's environment variables when present."""
+    """Rank, world and device; torchrun's environment variables when present. `sharded`: the
+    model goes through FSDP2 - with several ranks, and on a GPU even alone (a one-rank group), so
+    one GPU trains with the same precision policy as many: bf16 parameters for compute over fp32
+    master weights. A lone CPU process trains the plain module under autocast."""
 
-    def __init__(self) -> None:
+    def __init__(self, sharded: bool | None = None) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -102,11 +109,16 @@ class Dist:
                             f"at most {gpus} processes per node (torchrun --nproc_per_node {gpus}), or hide the GPUs "
                             "(CUDA_VISIBLE_DEVICES=) to train on CPU with gloo")
         self.device = torch.device(f"cuda:{local}") if gpus else torch.device("cpu")
+        self.sharded = self.world > 1 or (self.device.type == "cuda" if sharded is None else sharded)
         self.started = False
-        if self.world > 1 and not dist.is_initialized():
+        if self.sharded and not dist.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.world == 1:  # no torchrun: a one-rank group needs no rendezvous
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            else:
+                dist.init_process_group(backend)
             self.started = True
 
     @property
@@ -207,7 +219,7 @@ def export_hf(model, hf_config, out: Path, tokenizer_dir: Path, dtype: str, env:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import LlamaForCausalLM
 
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=env.world > 1, cpu_offload=True))
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=env.sharded, cpu_offload=True))
     if env.main:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -284,6 +296,10 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
                         f"({n_params / 1e6:.0f}M parameters: fp32 weights, grads and AdamW state, plus activations) "
                         f"but {have / 2**30:.1f} GiB are available; use more GPUs (FSDP shards the state), a smaller "
                         "micro_batch_size, or model.activation_checkpointing: true")
+    # Accumulating over ranks, FSDP2 can keep each micro-batch's gradients unsharded (fp32) and
+    # reduce-scatter once per step instead of once per micro-batch: less communication for 4
+    # bytes per parameter on every rank. Taken only where that still fits.
+    defer_grad_sync = env.world > 1 and tc.grad_accum_steps > 1 and need + 4 * n_params <= have
 
     # ---- 2. model -----------------------------------------------------------------------------
     model = M.build_model(hf_config, mc.checkpoint, attention, tc.seed)
@@ -301,7 +317,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if env.world == 1:
+    if not env.sharded:
         model.to(env.device)
     else:  # fully_shard moves each rank's shard to its device; the full model never goes there
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -364,7 +380,9 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
                                    device=env.device)
             targets = env.all_sum(targets).clamp(min=1.0)
             loss_sum = torch.zeros((), device=env.device)
-            for b in micro:
+            for i, b in enumerate(micro):
+                if defer_grad_sync:
+                    model.set_requires_gradient_sync(i == len(micro) - 1)
                 ids, labels = (x.to(env.device, non_blocking=True) for x in (b.input_ids, b.labels))
                 with autocast:
                     logits = M.packed_forward(model, ids, b.position_ids, attention)
@@ -438,7 +456,9 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
     result = TrainResult(output_dir=out, final_dir=final, steps=step, tokens=step * plan.tokens_per_step,
                          final_loss=last_loss if not math.isnan(last_loss) else _last_logged_loss(out))
     if env.main:
-        summary = {"config": cfg.resolved(), "attention": attention, "world_size": env.world,
+        summary = {"config": cfg.resolved(), "attention": attention, "world_size": env.world, "fsdp": env.sharded,
+                   "gradient_sync": "one rank" if env.world == 1 else
+                   "last micro-batch" if defer_grad_sync else "every micro-batch",
                    "parameters": n_params, "flops_per_token": fpt, "vocab_rows_added": added, "steps": result.steps,
                    "tokens": result.tokens, "final_loss": result.final_loss, "wall_s": round(time.time() - t_start, 2),
                    "phases": [p.__dict__ for p in plan.phases], "final": str(final)}
