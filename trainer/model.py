@@ -8,11 +8,11 @@ splits that token's text into, so a new token starts where its old spelling poin
 
 Packed sequences: `position_ids` restart at 0 for every document. With no attention mask and
 no cache, transformers 5 derives the document boundaries from them: for sdpa/eager a
-block-diagonal causal mask per row (masking_utils `find_packed_sequence_indices`); for
-flash_attention_2 varlen kernels with cu_seqlens, but only for a batch of one row
-(`_is_packed_sequence` requires batch_size == 1), so `packed_forward` flattens the micro-batch
-into one row there (each row starts at position 0, so rows stay apart too).
-tests/test_trainer.py checks the isolation.
+block-diagonal causal mask per row (masking_utils `find_packed_sequence_indices`). For
+flash_attention_2, `packed_forward` flattens the micro-batch into one row (every row starts a
+document, so rows stay apart too) and passes the varlen kernels' cu_seq_lens and maximum
+lengths itself, computed once on the host: transformers would derive them from position_ids in
+every layer, with host-device syncs. tests/test_trainer.py checks the isolation.
 """
 
 from __future__ import annotations
