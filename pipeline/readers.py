@@ -8,7 +8,7 @@ truncated compressed stream) become rejected rows with `reject_op = "read"`, a r
 
 Ids are stable across reruns: `<source>:<id field>` when the input names an id field, else
 `<source>:<file>:<line>` (jsonl, txt lines), `<source>:<file>:<row>` (parquet, 1-based) or
-`<source>:<file>` (one document per file).
+`<source>:<file>` (one document per file). An id read twice becomes `<id>#2` (pipeline/ids.py).
 
 These are plain generators, used in process by `kiln verify` and tests, and wrapped in a Ray
 Datasource by the runner. An input path may be a filesystem URI pyarrow understands (s3://,
@@ -390,6 +390,11 @@ def _parquet_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
 
 
 def read_inputs(specs: list[InputSpec], batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
-    """Every input, in process: for tests and `kiln verify`."""
+    """Every input, in process: for tests and `kiln verify`. Repeated ids are renamed as the
+    runner's read does (pipeline/ids.py)."""
+    from pipeline.ids import IdClaims, make_unique
+
+    claims = IdClaims()
     for file in expand_inputs(specs):
-        yield from read_file(file, specs[file.spec_index], batch_rows)
+        for table in read_file(file, specs[file.spec_index], batch_rows):
+            yield make_unique(table, claims.claim)

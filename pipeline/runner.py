@@ -46,6 +46,7 @@ from pipeline import stats as stats_lib
 from pipeline import storage
 from pipeline.config import PipelineConfig, StageSpec
 from pipeline.errors import KilnError, StageError
+from pipeline.ids import IdClaims, make_unique
 from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 
 log = logging.getLogger("kiln")
@@ -166,7 +167,9 @@ def _group_by_size(items: list[Any], sizes: list[int], target: int) -> list[list
     return groups
 
 
-def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int) -> Iterator[pa.Table]:
+def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claims: Any) -> Iterator[pa.Table]:
+    import ray
+
     for file, spec in group:
         batches = read_file(file, spec, batch_rows)
         while True:
@@ -174,6 +177,7 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int) -> It
             table = next(batches, None)
             if table is None:
                 break
+            table = make_unique(table, lambda ids: ray.get(claims.claim.remote(ids)))
             per_row = (time.perf_counter() - started) / max(1, table.num_rows)
             yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
 
@@ -209,14 +213,15 @@ def _file_groups_dataset(groups: list[list[Any]], sizes: list[int], read: Callab
     return read_datasource(FileGroups())
 
 
-def read_inputs_dataset(config: PipelineConfig, num_cpus: int):
+def read_inputs_dataset(config: PipelineConfig, num_cpus: int, claims: Any):
+    """The inputs as one Dataset; `claims` (an IdClaims actor) makes ids unique across tasks."""
     files = expand_inputs(config.inputs)
     pairs = [(f, config.inputs[f.spec_index]) for f in files]
     total = sum(f.size for f in files)
     target = max(1 << 20, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
     groups = _group_by_size(pairs, [f.size for f in files], target)
     sizes = [sum(f.size for f, _ in g) for g in groups]
-    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size)
+    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=claims)
     return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA)
 
 
@@ -535,6 +540,13 @@ class Runner:
                              f"{_root_cause(e)}") from e
         seconds = time.time() - started
         st = self._stage_stats(index, stage, counts, extra, labels, seconds, started, upstream)
+        if st["docs_in"] != st["docs_out"] + st["rejected_total"]:
+            # An operator or a join lost or doubled rows: never publish such a stage.
+            storage.remove_tree(tmp_dir)
+            raise StageError(f"stage {final_dir.name} does not add up, nothing of it was kept: {st['docs_in']:,} in "
+                             f"but {st['docs_out']:,} kept + {st['rejected_total']:,} rejected "
+                             f"({', '.join(f'{k} {v:,}' for k, v in st['rejected'].items()) or 'no rejections'}); "
+                             "this is a kiln bug, please report it with the config")
         storage.write_json(tmp_dir / storage.STATS, st)
         (tmp_dir / storage.SUCCESS).write_text(_now() + "\n")
         storage.publish(tmp_dir, final_dir)
@@ -551,7 +563,12 @@ class Runner:
         ops = _label_operators(stage)
         labels = ([(READ_OP, READ_OP, "reader")] if index == 0 else []) + [(op.label, op.name, op.kind) for op, _ in ops]
         if index == 0:
-            ds = read_inputs_dataset(self.config, num_cpus)
+            import ray
+
+            # One actor holds the ids read so far, for every read task (pipeline/ids.py); it
+            # goes with the driver's job. num_cpus=0: it must never wait for a CPU.
+            claims = ray.remote(num_cpus=0)(IdClaims).remote()
+            ds = read_inputs_dataset(self.config, num_cpus, claims)
         else:
             ds = read_stage_dataset(self.dirs[index - 1] / storage.DATA, batch_size, num_cpus)
         ds = ds.map_batches(_stage_start, batch_format="pyarrow", batch_size=batch_size)
@@ -598,6 +615,8 @@ class Runner:
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         storage.remove_tree(tmp_dir / "_work")
+        if index == 0:
+            ray.kill(claims)
         return sink_counts, extra, labels
 
     def _stage_stats(self, index: int, stage: StageSpec, sink_counts: list[dict[str, Any]], extra: dict[str, Any],
