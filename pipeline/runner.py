@@ -47,6 +47,7 @@ from pipeline import storage
 from pipeline.config import PipelineConfig, StageSpec
 from pipeline.errors import KilnError, StageError
 from pipeline.ids import IdClaims, make_unique
+from pipeline.lock import RunLock
 from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 
 log = logging.getLogger("kiln")
@@ -494,24 +495,31 @@ class Runner:
             check_uri_operators(self.config, str(self.run_dir))
         planned = plan(self.config, self.request)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in storage.clean_stale_tmp(self.run_dir):
-            self.echo(f"removed the unfinished stage folder {name} left by an interrupted run")
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.raw, allow_unicode=True, sort_keys=False))
-        planned_index = dict(planned)
-        names = [s.name for s in self.config.stages]
-        last = names.index(self.request.until) if self.request.until else len(names) - 1
-        for i in range(last + 1):
-            if i not in planned_index and storage.is_finished(self.dirs[i]):
-                self.echo(f"  skip {self.dirs[i].name}: finished (use --redo to run it again)")
-        if planned:
+        with RunLock(self.run_dir, self.echo):  # one run per folder (pipeline/lock.py)
+            # Only the lock's holder may take .tmp- folders for leftovers of an interrupted run.
+            for name in storage.clean_stale_tmp(self.run_dir):
+                self.echo(f"removed the unfinished stage folder {name} left by an interrupted run")
+            planned_index = dict(planned)
+            names = [s.name for s in self.config.stages]
+            last = names.index(self.request.until) if self.request.until else len(names) - 1
+            for i in range(last + 1):
+                if i not in planned_index and storage.is_finished(self.dirs[i]):
+                    self.echo(f"  skip {self.dirs[i].name}: finished (use --redo to run it again)")
+            if not planned:
+                self._write_config()
+                return self.write_run_stats()
             session = connect_ray(self.config, self.request.address, self.request.num_cpus, self.request.progress)
+            self._write_config()  # only once the cluster answered: a failed connect leaves no trace
             try:
                 for i, reason in planned:
                     self._run_stage(i, reason, session.num_cpus)
             finally:
                 session.close()
                 self.write_run_stats()
-        return self.write_run_stats()
+            return self.write_run_stats()
+
+    def _write_config(self) -> None:
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.raw, allow_unicode=True, sort_keys=False))
 
     def write_run_stats(self) -> dict[str, Any]:
         stages = [storage.read_json(d / storage.STATS) for d in self.dirs if storage.is_finished(d)]
