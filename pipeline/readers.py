@@ -55,6 +55,7 @@ DOC_SCHEMA = pa.schema(
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".text": "txt",
            ".parquet": "parquet"}
+UTF8_BOM = b"\xef\xbb\xbf"
 BATCH_ROWS = 4096
 BATCH_BYTES = 64 << 20
 # What a rejected row keeps of an unusable record, so the rejected set stays inspectable.
@@ -242,6 +243,8 @@ def _iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
     buffered = (io.BufferedReader, gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
     lines = stream if isinstance(stream, buffered) else io.BufferedReader(stream, 1 << 20)
     for number, line in enumerate(lines, 1):
+        if number == 1:
+            line = line.removeprefix(UTF8_BOM)  # editors on Windows start files with one
         yield number, line.rstrip(b"\r\n")
 
 
@@ -272,7 +275,7 @@ def _stream_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
     line_number = 0
     try:
         if file.format == "txt" and spec.txt_mode == "file":
-            raw = stream.read()
+            raw = stream.read().removeprefix(UTF8_BOM)
             yield from _text_record(file, spec, file.relative, "", raw)
             return
         if file.format == "txt" and spec.txt_mode == "paragraphs":

@@ -173,3 +173,18 @@ def test_id_claims_hold_many_ids_and_find_repeats_across_batches():
     assert len(claims) == 200_000 and len(claims.runs) <= 18
     assert claims.claim(["new", "doc7", "doc199999", "new"]) == {1: "doc7#2", 2: "doc199999#2", 3: "new#2"}
     assert claims.claim(["doc7"]) == {0: "doc7#3"}
+
+
+@pytest.mark.parametrize("suffix,opener", [("jsonl", open), ("jsonl.gz", gzip.open)])
+def test_a_utf8_bom_does_not_reject_the_first_line(tmp_path, suffix, opener):
+    """Issue 17 item 5: a BOM made the first (good) record `read/malformed_json`."""
+    path = tmp_path / f"bom.{suffix}"
+    with opener(path, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + json.dumps({"id": 1, "text": "first"}).encode() + b"\r\n")
+        f.write(json.dumps({"id": 2, "text": "second"}).encode() + b"\r\n")
+    table = read(tmp_path, path=str(path), id_field="id")
+    assert table.column("text").to_pylist() == ["first", "second"]
+    assert table.column("reject_reason").null_count == 2
+    for mode in ("lines", "file"):
+        (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfa plain text line\n")
+        assert read(tmp_path, path=str(tmp_path / "bom.txt"), txt_mode=mode).column("text").to_pylist()[0].startswith("a plain")
