@@ -100,6 +100,15 @@ class TokenizePack(GlobalOperator):
     name = "tokenize_pack"
     Params = TokenizePackParams
 
+    def check_inputs(self) -> list[tuple[str, str]]:
+        path = Path(self.params.tokenizer)
+        if path.is_dir() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+            return [("tokenizer", f"tokenizer folder {path} has neither tokenizer.json nor tokenizer.model")]
+        if not path.exists():
+            return [("tokenizer", f"tokenizer {path} does not exist (train one with `kiln tokenizer train`, or "
+                                  "`make tokenizer` for the demo's)")]
+        return []
+
 
 # --------------------------------------------------------------------------- tokenizer
 

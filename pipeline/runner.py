@@ -45,7 +45,7 @@ from operators.base import (
 from pipeline import stats as stats_lib
 from pipeline import storage
 from pipeline.config import PipelineConfig, StageSpec
-from pipeline.errors import KilnError, StageError
+from pipeline.errors import ConfigError, KilnError, StageError
 from pipeline.ids import IdClaims, make_unique
 from pipeline.lock import RunLock
 from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
@@ -134,8 +134,37 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    _quiet_ray_data_console()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return RaySession(started_here=started, num_cpus=cpus)
+
+
+class _NoTracebacksOnConsole(logging.Filter):
+    """Ray Data logs a failed task's traceback two or three times (~175 lines) before the
+    driver sees the error; kiln then says what failed in one line. Those records stay in
+    Ray's session log (ray-data.log, named in the error) and are kept off the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _quiet_ray_data_console() -> None:
+    from ray.data._internal.logging import configure_logging
+
+    configure_logging()  # Ray Data sets up its handlers once; the filter goes on its console one
+    for handler in logging.getLogger("ray.data").handlers:
+        is_console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if is_console and not any(isinstance(f, _NoTracebacksOnConsole) for f in handler.filters):
+            handler.addFilter(_NoTracebacksOnConsole())
+
+
+def _ray_logs_dir() -> str:
+    try:
+        import ray
+
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:  # a private API: the message just says less without it
+        return "Ray's session logs"
 
 
 # --------------------------------------------------------------------------- reading
@@ -481,6 +510,57 @@ def check_uri_operators(config: PipelineConfig, run_dir: str) -> None:
                                 "data/ folder")
 
 
+# --------------------------------------------------------------------------- before Ray starts
+# Everything a user can fix is checked before Ray starts, one line each with its YAML path.
+
+
+def check_operator_inputs(config: PipelineConfig, stages: list[int]) -> None:
+    """The files every operator of the stages to run will read (Operator.check_inputs)."""
+    problems = [f"{spec.where}.{key}: {message}"
+                for index in stages for spec in config.stages[index].ops
+                for key, message in spec.build().check_inputs()]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def check_output_writable(run_dir: Path | storage.Location) -> None:
+    """run.output can be made and written: not read-only, permitted, and not under a file."""
+    if storage.is_uri(run_dir):
+        return  # an object store answers only when written to; the first stage says so
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".kiln-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        if isinstance(e, (NotADirectoryError, FileExistsError)):
+            reason = "a file is in the way of this folder"
+        raise ConfigError(f"run.output: cannot write the run folder {run_dir}: {reason}") from None
+
+
+# Parquet stage folders hold about half a stage's input text (compressed), global operators'
+# scratch as much again; compressed inputs are counted at 4x, parquet inputs at 3x.
+STAGE_BYTES_PER_INPUT_BYTE = 0.5
+
+
+def estimate_run_bytes(files: list[InputFile], stages: int) -> int:
+    raw = sum(f.size * (4 if f.compression else 3 if f.format == "parquet" else 1) for f in files)
+    return int(raw * STAGE_BYTES_PER_INPUT_BYTE * stages)
+
+
+def check_free_space(run_dir: Path | storage.Location, files: list[InputFile], stages: int) -> None:
+    if storage.is_uri(run_dir):
+        return
+    import shutil
+
+    need, free = estimate_run_bytes(files, stages), shutil.disk_usage(run_dir).free
+    if free < need:
+        raise ConfigError(f"run.output: {run_dir} has {free / 1e9:.2f} GB free, but the {stages} stage(s) to run "
+                          f"need about {need / 1e9:.2f} GB (half the inputs' uncompressed size per stage); free "
+                          "space or point run.output elsewhere")
+
+
 class Runner:
     def __init__(self, config: PipelineConfig, request: RunRequest, echo: Callable[[str], None] = print) -> None:
         self.config = config
@@ -490,10 +570,14 @@ class Runner:
         self.dirs = stage_dirs(config, request.analyze)
 
     def run(self) -> dict[str, Any]:
-        expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
+        files = expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
         if storage.is_uri(self.run_dir):
             check_uri_operators(self.config, str(self.run_dir))
         planned = plan(self.config, self.request)
+        check_operator_inputs(self.config, [i for i, _ in planned])
+        check_output_writable(self.run_dir)
+        if planned:
+            check_free_space(self.run_dir, files, len(planned))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(self.run_dir, self.echo):  # one run per folder (pipeline/lock.py)
             # Only the lock's holder may take .tmp- folders for leftovers of an interrupted run.
@@ -545,7 +629,7 @@ class Runner:
         except Exception as e:  # a failed Ray task, an operator bug: keep earlier stages, explain
             storage.remove_tree(tmp_dir)
             raise StageError(f"stage {final_dir.name} failed, nothing of it was kept (finished stages are): "
-                             f"{_root_cause(e)}") from e
+                             f"{_root_cause(e)} (full trace in {_ray_logs_dir()}/ray-data/ray-data.log)") from e
         seconds = time.time() - started
         st = self._stage_stats(index, stage, counts, extra, labels, seconds, started, upstream)
         if st["docs_in"] != st["docs_out"] + st["rejected_total"]:
