@@ -95,6 +95,34 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
                         "head up, and is this its GCS address (HEAD:6379) or client address (ray://HEAD:10001)?") from None
 
 
+def check_token(address: str) -> None:
+    """Ask the GCS once whether it takes this driver's token: ray.init would retry a refused
+    token for ~20 s, print a warning a second, and then say it cannot reach the cluster."""
+    if address == "auto" or "://" in address:
+        return
+    try:
+        from ray._raylet import GcsClient  # private; without it ray.init reports the problem
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return
+    saved_stderr, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # the GCS client logs the refusal from C++ as well; kiln says it once
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        has_token = any(os.environ.get(v) for v in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
+        problem = "refused this driver's token" if has_token else "needs a token and this driver has none"
+        raise KilnError(f"the Ray cluster at {address} answers but {problem} (token authentication is on): set "
+                        "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+                        "(`ray get-auth-token` on the head prints it)") from None
+    except Exception:  # anything else: ray.init says what it is
+        return
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+
+
 def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: int | None = None,
                 progress: bool = True) -> RaySession:
     """Start a local Ray with the configured CPUs and a capped object store, or join an
@@ -111,6 +139,7 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
         try:
             if address:
                 check_reachable(address)
+                check_token(address)
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
             else:
                 ray.init(
