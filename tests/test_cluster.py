@@ -124,7 +124,8 @@ def test_the_command_line_submits_run_config_or_any_kiln_command(tmp_path, monke
 
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     assert main(["submit", "x.yaml"]) == 2
-    assert "no cluster address" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("kiln submit: error: no cluster address"), err  # was "kiln ['x.yaml']: error:"
     assert main(["submit", "--address", "http://h:8265"]) == 2
     assert "nothing to submit" in capsys.readouterr().err
 
