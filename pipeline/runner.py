@@ -16,7 +16,9 @@ input are unchanged; a stage that runs makes every later stage stale.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
 import re
@@ -66,16 +68,59 @@ def default_object_store_bytes() -> int:
     return int(min(total * 0.25, 4 << 30))
 
 
+# Run by a small watchdog process beside a local Ray: it blocks on a pipe from the driver and,
+# when the pipe closes (the driver ended, or was killed with kill -9), kills the Ray processes
+# the driver started that are still alive. The raylet and GCS die with the driver, but Ray's
+# DashboardAgent and RuntimeEnvAgent (~240 MB) otherwise live on for minutes. Each process is
+# checked by its start time, so a reused pid is never hit. SIGINT is ignored: Ctrl-C reaches
+# the whole terminal group, and the watchdog must outlive the driver to clean up after it.
+_REAPER = """
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+procs = json.loads(sys.argv[1])
+sys.stdin.read()
+import psutil
+for pid, created in procs:
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - created) < 0.01:
+            proc.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def _start_reaper() -> Any:
+    """The watchdog for the Ray processes this driver has started (see _REAPER)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    me = psutil.Process()
+    procs = []
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            procs.append((child.pid, child.create_time()))
+    return subprocess.Popen([sys.executable, "-c", _REAPER, json.dumps(procs)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @dataclass
 class RaySession:
     started_here: bool
     num_cpus: int
+    reaper: Any = None
 
     def close(self) -> None:
         if self.started_here:
             import ray
 
             ray.shutdown()
+        if self.reaper is not None:
+            self.reaper.stdin.close()  # the watchdog stops what ray.shutdown left
+            with contextlib.suppress(Exception):
+                self.reaper.wait(timeout=30)
 
 
 def check_reachable(address: str, timeout: float = 10.0) -> None:
@@ -156,6 +201,7 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
             raise KilnError(f"the Ray cluster at {address} refused to connect: {str(e).split('. ')[0]}; set "
                             "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
         started = True
+    reaper = _start_reaper() if started and not address else None
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -165,7 +211,7 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     _quiet_ray_data_console()
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return RaySession(started_here=started, num_cpus=cpus)
+    return RaySession(started_here=started, num_cpus=cpus, reaper=reaper)
 
 
 class _NoTracebacksOnConsole(logging.Filter):

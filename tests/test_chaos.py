@@ -6,8 +6,8 @@
   not permitted or under a file, too little free disk; one line each with the YAML path;
 - two runs of one config at once: the second is refused (exit 2, one line naming the first)
   and leaves the first's unfinished stage alone; then `kill -9` of the first driver in the
-  middle of its stage, and a rerun that takes over the stale lock and finishes with every
-  document once;
+  middle of its stage (none of its Ray processes may outlive it), and a rerun that takes
+  over the stale lock and finishes with every document once;
 - a disk that fills up in the middle of a stage (a 4 MB tmpfs; skipped where mounting one
   is not allowed): one line, nothing published, and the rerun on a disk with room is whole.
 
@@ -246,6 +246,17 @@ def test_a_disk_that_fills_up_mid_stage_is_one_line_and_publishes_nothing(tmp_pa
 DRIVER = "import sys, chaos_ops; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
+def group_members(pgid: int) -> list[str]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if os.getpgid(proc.pid) == pgid:
+                found.append(" ".join(proc.info["cmdline"] or [])[:80])
+    return found
+
+
 @pytest.mark.ray
 def test_two_runs_at_once_then_kill_9_mid_stage_then_rerun(tmp_path, ray_local, shared_data, capsys):
     """Issue 17 item 2: a second run deleted the live run's stage folder and the first died;
@@ -276,6 +287,12 @@ def test_two_runs_at_once_then_kill_9_mid_stage_then_rerun(tmp_path, ray_local, 
         assert tmp_folder.is_dir() and first.poll() is None  # the live run goes on
         os.kill(first.pid, signal.SIGKILL)  # kill -9 of the driver, mid-stage
         first.wait(timeout=30)
+        # Issue 17 item 7: Ray's agents outlived a killed driver for minutes; kiln's watchdog
+        # stops every process the driver started (all in the driver's process group here).
+        deadline = time.time() + 30
+        while group_members(first.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert group_members(first.pid) == [], group_members(first.pid)
     finally:
         # The killed driver's Ray processes, which kill -9 gives no chance to stop.
         with contextlib.suppress(ProcessLookupError):
