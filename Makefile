@@ -50,6 +50,11 @@ bench: bench-runner  ## every benchmark that runs in minutes (figures go in docs
 bench-runner: setup  ## runner overhead: identity operators vs a plain pyarrow loop
 	$(PY) benchmarks/bench_runner.py
 
+.PHONY: bench-ids
+bench: bench-ids
+bench-ids: setup  ## unique ids at read time: claims/s and memory at 1M and 10M ids, share of reading
+	$(PY) benchmarks/bench_ids.py
+
 clean-runs:  ## delete runs/ (pipeline outputs)
 	rm -rf runs
 

@@ -39,10 +39,15 @@ class IdClaims:
         self.next_suffix: dict[int, int] = {}  # for ids seen more than once
 
     def _taken(self, hashes: np.ndarray) -> np.ndarray:
-        taken = np.zeros(len(hashes), dtype=bool)
+        # Sorted needles make searchsorted walk each run once, cache-friendly.
+        order = np.argsort(hashes)
+        needles = hashes[order]
+        found = np.zeros(len(hashes), dtype=bool)
         for run in self.runs:
-            where = np.searchsorted(run, hashes).clip(max=len(run) - 1)
-            taken |= run[where] == hashes
+            where = np.searchsorted(run, needles).clip(max=len(run) - 1)
+            found |= run[where] == needles
+        taken = np.empty_like(found)
+        taken[order] = found
         return taken
 
     def _add(self, hashes: np.ndarray) -> None:
@@ -50,8 +55,10 @@ class IdClaims:
             return
         run = np.unique(hashes)
         # Merge while the newest run is at least as large as the one before: O(log n) runs.
+        # Runs are disjoint (only ids not yet taken are added) and sorted, so a stable sort
+        # (timsort, which finds the two runs) merges them in linear time.
         while self.runs and len(self.runs[-1]) <= len(run):
-            run = np.union1d(self.runs.pop(), run)
+            run = np.sort(np.concatenate([self.runs.pop(), run]), kind="stable")
         self.runs.append(run)
 
     def claim(self, ids: list[str]) -> dict[int, str]:
