@@ -97,11 +97,12 @@ def _start_reaper() -> Any:
 
     import psutil
 
-    me = psutil.Process()
     procs = []
-    for child in me.children(recursive=True):
+    for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            procs.append((child.pid, child.create_time()))
+            command = " ".join(child.cmdline())
+            if "ray::" in command or "/ray/" in command:  # Ray's own, not other children of a host process
+                procs.append((child.pid, child.create_time()))
     return subprocess.Popen([sys.executable, "-c", _REAPER, json.dumps(procs)], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
