@@ -8,18 +8,20 @@ splits that token's text into, so a new token starts where its old spelling poin
 
 Packed sequences: `position_ids` restart at 0 for every document. With no attention mask and
 no cache, transformers 5 derives the document boundaries from them: for sdpa/eager a
-block-diagonal causal mask per row (masking_utils `find_packed_sequence_indices`); for
-flash_attention_2 varlen kernels with cu_seqlens, but only for a batch of one row
-(`_is_packed_sequence` requires batch_size == 1), so `packed_forward` flattens the micro-batch
-into one row there (each row starts at position 0, so rows stay apart too).
-tests/test_trainer.py checks the isolation.
+block-diagonal causal mask per row (masking_utils `find_packed_sequence_indices`). For
+flash_attention_2, `packed_forward` flattens the micro-batch into one row (every row starts a
+document, so rows stay apart too) and passes the varlen kernels' cu_seq_lens and maximum
+lengths itself, computed once on the host: transformers would derive them from position_ids in
+every layer, with host-device syncs. tests/test_trainer.py checks the isolation.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,35 +30,69 @@ import torch
 
 from pipeline.errors import ConfigError, InputError, KilnError
 
-# Dense bf16 peak per device, TFLOPS (no sparsity), for MFU.
-PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+# Dense bf16 tensor-core peak per GPU, TFLOPS (NVIDIA datasheets, without sparsity), for MFU.
+# torch names devices "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe", "NVIDIA H100 NVL",
+# "NVIDIA H200", "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB", ...: the first pattern found in the
+# name wins, so the slower PCIe and NVL parts come before their family. Unknown devices get no MFU.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.0),
+                    ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
 def attention_implementation(requested: str) -> str:
-    if requested != "auto":
-        if requested == "flash_attention_2" and not flash_attention_available():
-            raise KilnError("model.attention: flash_attention_2 needs the flash-attn package and a CUDA GPU")
+    if requested in ("sdpa", "eager"):
         return requested
-    return "flash_attention_2" if flash_attention_available() else "sdpa"
+    problem = flash_attention_problem()
+    if requested == "flash_attention_2":
+        if problem:
+            raise KilnError(f"model.attention: flash_attention_2 cannot run here: {problem}")
+        return requested
+    if problem and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        print(f"kiln train: model.attention auto: using sdpa, {problem}", file=sys.stderr)
+    return "sdpa" if problem else "flash_attention_2"
 
 
 def flash_attention_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    return flash_attention_problem() is None
+
+
+@functools.cache
+def flash_attention_problem() -> str | None:
+    """Why flash_attention_2 cannot run in this process, or None. The package being importable
+    is not enough: a flash-attn wheel built for another torch or CUDA fails on import (undefined
+    symbols in flash_attn_2_cuda), which would otherwise surface as a crash in the first layer."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "the flash-attn package is not installed (pip install 'kiln[gpu]')"
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401 - loads the compiled kernels
+    except (ImportError, OSError, RuntimeError) as e:
+        reason = " ".join(str(e).split())[:200]
+        return (f"flash-attn is installed but does not load against torch {torch.__version__} ({reason}); "
+                "reinstall it for this torch: pip install --no-build-isolation --force-reinstall flash-attn")
+    return None
 
 
 def peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return peak_tflops_of(torch.cuda.get_device_name(device))
 
 
-def flops_per_token(n_params: int, layers: int, hidden: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the weights plus 12·L·H·T for attention scores and
-    values (PaLM appendix B), with T the full sequence length, an upper bound for packed
-    documents, which attend only within themselves."""
-    return 6.0 * n_params + 12.0 * layers * hidden * seq_len
+def peak_tflops_of(device_name: str) -> float | None:
+    name = device_name.lower()
+    return next((tflops for pattern, tflops in PEAK_BF16_TFLOPS if pattern.lower() in name), None)
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the weights that multiply plus 12·L·H·T for attention
+    scores and values (PaLM appendix B), with T the full sequence length, an upper bound for
+    packed documents, which attend only within themselves. N leaves out the input embedding (a
+    lookup), but not with tied embeddings: the shared matrix is then also lm_head, a matmul."""
+    total, embedding = count_params(config)
+    matmul_params = total if config.tie_word_embeddings else total - embedding
+    return 6.0 * matmul_params + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
 def check_checkpoint(path: str) -> Path:
@@ -183,13 +219,35 @@ def build_model(config, checkpoint: str | None, attention: str, seed: int):
 
 
 def packed_forward(model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention: str) -> torch.Tensor:
-    """Logits (b, T, V) of packed rows, documents isolated by their position_ids."""
+    """Logits (b, T, V) of packed rows, documents isolated by their position_ids. position_ids
+    may stay on the host (the loader's tensor): the FlashAttention boundaries come from it."""
     b, t = input_ids.shape
-    if attention == "flash_attention_2" and b > 1:
+    if attention == "flash_attention_2":
+        varlen = flash_varlen_kwargs(position_ids, input_ids.device)
+        position_ids = position_ids.to(input_ids.device, non_blocking=True)
         logits = model(input_ids=input_ids.reshape(1, -1), position_ids=position_ids.reshape(1, -1),
-                       use_cache=False).logits
+                       use_cache=False, **varlen).logits
         return logits.reshape(b, t, -1)
+    position_ids = position_ids.to(input_ids.device, non_blocking=True)
     return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+
+
+def flash_varlen_kwargs(position_ids: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """FlashAttention's varlen arguments for the rows of a micro-batch flattened into one: a
+    document starts where its position is 0, and every row starts one. Without them transformers
+    derives the same from position_ids in every layer, with three host-device syncs each (and
+    graph breaks under torch.compile); here they are computed once, on the host, with the
+    maximum lengths as Python ints."""
+    pos = position_ids.detach().cpu()
+    starts = pos == 0
+    starts[:, 0] = True
+    flat = starts.reshape(-1)
+    cu_seq_lens = torch.cat([flat.nonzero().flatten(), torch.tensor([flat.numel()])]).to(torch.int32)
+    longest = int(cu_seq_lens.diff().max())
+    if device.type == "cuda":
+        cu_seq_lens = cu_seq_lens.pin_memory().to(device, non_blocking=True)
+    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest,
+            "max_length_k": longest}
 
 
 def is_embedding(name: str) -> bool:

@@ -1,7 +1,9 @@
 """`kiln train`: continual pretraining of a LLaMA on kiln shards, in one flat loop.
 
 One process, or many under torchrun (FSDP2 `fully_shard` per decoder layer, then the whole
-model). The loop, phase by phase:
+model; a lone GPU process too, in a one-rank group, so one GPU and many share the precision
+policy: bf16 parameters for compute, fp32 master weights and gradient reduction). The loop,
+phase by phase:
 
 1. setup     - config, shards (validated), tokenizer checks, memory estimate: every
                user-fixable problem is a KilnError here, before weights load.
@@ -10,7 +12,9 @@ model). The loop, phase by phase:
 3. resume    - newest checkpoint in output/checkpoints (model, optimizer, step = data position).
 4. steps     - micro-batches of this rank, bf16 autocast, fp32 loss summed over target tokens
                and divided by the global step's target tokens (so accumulation and ranks give
-               the same gradient as one big batch), clip, AdamW, warmup + cosine lr.
+               the same gradient as one big batch: FSDP sums the ranks' gradients, and reduces
+               them once per step when accumulating, where memory allows), clip, AdamW,
+               warmup + cosine lr.
 5. log       - metrics.jsonl (+ TensorBoard), progress bar.
 6. save      - torch.distributed.checkpoint every N steps, atomically (tmp dir, rename), last
                K kept; final/ in HF format with the shards' tokenizer; train.json.
@@ -90,18 +94,31 @@ def _quiet_dcp():
 
 
 class Dist:
-    """Rank, world and device; torchrun's environment variables when present."""
+    """Rank, world and device; torchrun's environment variables when present. `sharded`: the
+    model goes through FSDP2 - with several ranks, and on a GPU even alone (a one-rank group), so
+    one GPU trains with the same precision policy as many: bf16 parameters for compute over fp32
+    master weights. A lone CPU process trains the plain module under autocast."""
 
-    def __init__(self) -> None:
+    def __init__(self, sharded: bool | None = None) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and local >= gpus:
+            raise KilnError(f"this process is local rank {local} but the node has {gpus} visible GPU(s): start "
+                            f"at most {gpus} processes per node (torchrun --nproc_per_node {gpus}), or hide the GPUs "
+                            "(CUDA_VISIBLE_DEVICES=) to train on CPU with gloo")
+        self.device = torch.device(f"cuda:{local}") if gpus else torch.device("cpu")
+        self.sharded = self.world > 1 or (self.device.type == "cuda" if sharded is None else sharded)
         self.started = False
-        if self.world > 1 and not dist.is_initialized():
+        if self.sharded and not dist.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.world == 1:  # no torchrun: a one-rank group needs no rendezvous
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            else:
+                dist.init_process_group(backend)
             self.started = True
 
     @property
@@ -156,7 +173,12 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, plan: DataPlan, e
 
 def load_checkpoint(path: Path, model, optimizer, plan: DataPlan) -> int:
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
 
     state = json.loads((path / "trainer_state.json").read_text())
     if state["global_batch"] != plan.global_batch:
@@ -164,14 +186,28 @@ def load_checkpoint(path: Path, model, optimizer, plan: DataPlan) -> int:
                         f"{plan.global_batch} (micro_batch_size x grad_accum_steps x ranks); keep it equal to resume, "
                         "or use a new output / --set train.resume=false")
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    sd = {"model": model_sd, "optim": optim_sd}
     try:
         with _quiet_dcp():
+            saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+            # get_state_dict gives every parameter AdamW state, but a checkpoint from a `train:
+            # embeddings` phase holds state only for the embeddings (the others have not taken a
+            # step yet): load the state that was saved; the rest starts at its first step, as it
+            # would have without the interruption.
+            optim_sd["state"] = {fqn: st for fqn, st in optim_sd["state"].items()
+                                 if all(f"optim.state.{fqn}.{key}" in saved for key in st)}
+            sd = {"model": model_sd, "optim": optim_sd}
             dcp.load(sd, checkpoint_id=str(path))
-    except Exception as e:  # DCP raises CheckpointException/RuntimeError for mismatched models
-        raise KilnError(f"{path}: cannot resume, the checkpoint does not match this model/config ({str(e)[:300]}); "
+    # DCP wraps its errors in CheckpointException, a BaseException: name it, or it escapes as a traceback.
+    except (Exception, CheckpointException) as e:
+        if isinstance(e, CheckpointException) and e.failures:  # (exception, traceback) per rank
+            e = next(iter(e.failures.values()))[0]
+        reason = " ".join(str(e).split())[:300]
+        raise KilnError(f"{path}: cannot resume, the checkpoint does not match this model/config ({reason}); "
                         "use a new output or --set train.resume=false") from None
-    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    # strict=False: parameters without saved optimizer state (above) are allowed; the model's
+    # keys were all checked by dcp.load, which fails on any key the checkpoint lacks.
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"],
+                   options=StateDictOptions(strict=False))
     return int(state["step"])
 
 
@@ -183,7 +219,7 @@ def export_hf(model, hf_config, out: Path, tokenizer_dir: Path, dtype: str, env:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import LlamaForCausalLM
 
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=env.world > 1, cpu_offload=True))
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=env.sharded, cpu_offload=True))
     if env.main:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -251,7 +287,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
         hf_config = M.llama_config(mc.config, None, shard_vocab, data.seq_len, special)
     assert isinstance(hf_config, LlamaConfig)
     sized = LlamaConfig(**{**hf_config.to_dict(), "vocab_size": max(hf_config.vocab_size, shard_vocab)})
-    n_params, n_embedding = M.count_params(sized)
+    n_params, _ = M.count_params(sized)
     need = M.estimate_memory_bytes(n_params, sized, tc.micro_batch_size, data.seq_len, env.world,
                                    mc.activation_checkpointing)
     have = M.available_memory_bytes(env.device)
@@ -260,6 +296,10 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
                         f"({n_params / 1e6:.0f}M parameters: fp32 weights, grads and AdamW state, plus activations) "
                         f"but {have / 2**30:.1f} GiB are available; use more GPUs (FSDP shards the state), a smaller "
                         "micro_batch_size, or model.activation_checkpointing: true")
+    # Accumulating over ranks, FSDP2 can keep each micro-batch's gradients unsharded (fp32) and
+    # reduce-scatter once per step instead of once per micro-batch: less communication for 4
+    # bytes per parameter on every rank. Taken only where that still fits.
+    defer_grad_sync = env.world > 1 and tc.grad_accum_steps > 1 and need + 4 * n_params <= have
 
     # ---- 2. model -----------------------------------------------------------------------------
     model = M.build_model(hf_config, mc.checkpoint, attention, tc.seed)
@@ -268,13 +308,16 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
         added = M.expand_vocabulary(model, old_tok, new_tok, shard_vocab)
     hf_config = model.config
     hf_config.use_cache = False
+    # from_pretrained returns the model in eval mode, and HF layers recompute activations only
+    # when `self.training`: without this, activation checkpointing is silently off.
+    model.train()
     if mc.activation_checkpointing:
         # transformers 5 renamed gradient_ to activation_checkpointing_enable (the old name warns).
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if env.world == 1:
+    if not env.sharded:
         model.to(env.device)
     else:  # fully_shard moves each rank's shard to its device; the full model never goes there
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -285,6 +328,11 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
         for layer in model.model.layers:
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
+        # The loss is already divided by the global step's target tokens (see the loop), so the
+        # ranks' gradients must be summed: FSDP's default divides by the world size once more.
+        for module in (*model.model.layers, model):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
     if mc.compile:
         for layer in model.model.layers:
             layer.compile()
@@ -311,8 +359,7 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
 
     # ---- 4-5. steps and logging ---------------------------------------------------------------
     peak = M.peak_tflops(env.device)
-    # The input embedding is a lookup, not a matmul: it does not count towards 6N.
-    fpt = M.flops_per_token(n_params - n_embedding, hf_config.num_hidden_layers, hf_config.hidden_size, data.seq_len)
+    fpt = M.flops_per_token(sized, data.seq_len)
     metrics = open(out / "metrics.jsonl", "a") if env.main else None  # noqa: SIM115 - closed in finally
     tb = _tensorboard(out) if env.main else None
     bar = _progress(plan.steps, step, env.main and tc.progress)
@@ -333,10 +380,12 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
                                    device=env.device)
             targets = env.all_sum(targets).clamp(min=1.0)
             loss_sum = torch.zeros((), device=env.device)
-            for b in micro:
-                ids, pos, labels = (x.to(env.device, non_blocking=True) for x in (b.input_ids, b.position_ids, b.labels))
+            for i, b in enumerate(micro):
+                if defer_grad_sync:
+                    model.set_requires_gradient_sync(i == len(micro) - 1)
+                ids, labels = (x.to(env.device, non_blocking=True) for x in (b.input_ids, b.labels))
                 with autocast:
-                    logits = M.packed_forward(model, ids, pos, attention)
+                    logits = M.packed_forward(model, ids, b.position_ids, attention)
                 loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                        labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
                 (loss / targets).backward()
@@ -407,9 +456,11 @@ def _train(cfg: TrainConfig, env: Dist, t_start: float, on_step: Callable[[int],
     result = TrainResult(output_dir=out, final_dir=final, steps=step, tokens=step * plan.tokens_per_step,
                          final_loss=last_loss if not math.isnan(last_loss) else _last_logged_loss(out))
     if env.main:
-        summary = {"config": cfg.resolved(), "attention": attention, "world_size": env.world,
-                   "parameters": n_params, "vocab_rows_added": added, "steps": result.steps, "tokens": result.tokens,
-                   "final_loss": result.final_loss, "wall_s": round(time.time() - t_start, 2),
+        summary = {"config": cfg.resolved(), "attention": attention, "world_size": env.world, "fsdp": env.sharded,
+                   "gradient_sync": "one rank" if env.world == 1 else
+                   "last micro-batch" if defer_grad_sync else "every micro-batch",
+                   "parameters": n_params, "flops_per_token": fpt, "vocab_rows_added": added, "steps": result.steps,
+                   "tokens": result.tokens, "final_loss": result.final_loss, "wall_s": round(time.time() - t_start, 2),
                    "phases": [p.__dict__ for p in plan.phases], "final": str(final)}
         (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
