@@ -137,6 +137,17 @@ bench: bench-clean  # the cleaning benchmark is part of `make bench`
 bench-clean: setup bench-env  ## cleaning rules vs datatrove Gopher + C4 filters (docs/s per core)
 	$(PY) benchmarks/bench_clean.py
 
+# --- web crawl input --------------------------------------------------------------------
+.PHONY: web-demo bench-web
+web-demo: setup tokenizer  ## WARC/WET files of ../shared/data to shards with configs/pipeline/web.yaml, then verify
+	$(KILN) run configs/pipeline/web.yaml
+	$(KILN) verify runs/web
+
+bench: bench-web
+bench-web: setup  ## web recipe on the Readability pages (main text kept, furniture removed); extraction and WARC reading docs/s per core
+	mkdir -p runs
+	$(PY) benchmarks/bench_web.py --quality --split --speed --out runs/bench-web.json
+
 # --- privacy and sensitive topics -------------------------------------------------------
 .PHONY: bench-privacy
 bench: bench-privacy

@@ -86,16 +86,52 @@ def script_stats(texts: pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
 
 
 def document_langs(batch: pa.Table) -> list[str]:
-    """Each document's language: the `lang` column where set, otherwise a script guess
-    (`zh` when Han characters make up at least ZH_GUESS_HAN_SHARE of its letters, else `en`)."""
+    """Each document's language: the `lang` column where set, otherwise a guess: `zh` when
+    Han characters make up at least ZH_GUESS_HAN_SHARE of its letters, else fastText lid.176's
+    top label (so a German page is not judged by English-only rules because language_id did
+    not run), or `en` where the model is not installed."""
     texts = batch.column("text")
     declared = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
     if all(lang is not None for lang in declared):
         return declared
     han = count_regex(texts, HAN_RE2)
     latin = count_regex(texts, LATIN_RE2)
-    guess = np.where(ratio(han, han + latin) >= ZH_GUESS_HAN_SHARE, "zh", "en")
+    guess = np.where(ratio(han, han + latin) >= ZH_GUESS_HAN_SHARE, "zh", "en").astype(object)
+    # Texts with few Latin letters keep the `en` guess: lid.176 is unreliable on them.
+    unknown = [i for i, lang in enumerate(declared) if lang is None and guess[i] != "zh" and latin[i] >= LID_MIN_LETTERS]
+    model = _lid_model()
+    if unknown and model is not None:
+        # The first characters tell the language. Every rule operator of a stage asks again
+        # for the same documents, so guesses are kept by those characters.
+        heads = [(t or "")[:LID_CHARS] for t in texts.take(pa.array(unknown, pa.int64())).to_pylist()]
+        new = [h for h in dict.fromkeys(heads) if h not in _LID_CACHE]
+        if new:
+            if len(_LID_CACHE) + len(new) > LID_CACHE_SIZE:
+                _LID_CACHE.clear()
+            labels, _ = model.predict([_LID_NEWLINES.sub(" ", h) for h in new], k=1)
+            _LID_CACHE.update((h, label[0].removeprefix("__label__") if len(label) else "en")
+                              for h, label in zip(new, labels))
+        for i, head in zip(unknown, heads):
+            guess[i] = _LID_CACHE.get(head, "en")
     return [lang if lang is not None else str(g) for lang, g in zip(declared, guess)]
+
+
+LID_MIN_LETTERS = 20
+LID_CHARS = 500
+LID_CACHE_SIZE = 50_000
+_LID_CACHE: dict[str, str] = {}
+_LID_NEWLINES = re.compile(r"[\r\n\t\u2028\u2029]+")
+
+
+@lru_cache(maxsize=1)
+def _lid_model():
+    """language_id's lid.176 model, for the guess; None when it is not installed."""
+    from operators.language import ModelMissing, default_model_path, load_model
+
+    try:
+        return load_model(default_model_path())
+    except ModelMissing:
+        return None
 
 
 def lang_mask(langs: list[str], wanted: list[str] | None) -> np.ndarray:

@@ -30,6 +30,7 @@ rules"); tests/test_rules.py checks it against this module.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -517,6 +518,10 @@ class TextQualityParams(Params):
     max_curly_braces: int | None = Field(0, ge=0)
     max_javascript_line_ratio: float | None = Field(0.3, ge=0)
     max_replacement_char_ratio: float | None = Field(0.01, ge=0)
+    max_char_repetition_ratio: float | None = Field(None, ge=0)
+    char_repetition_n: int = Field(10, ge=1, description="character n-gram length of `max_char_repetition_ratio`")
+    min_alnum_ratio: float | None = Field(None, ge=0)
+    max_line_length: int | None = Field(None, ge=1)
 
 
 @register
@@ -541,8 +546,15 @@ class TextQuality(RuleFilter):
              "share of lines mentioning javascript or looking like script code above this"),
         Rule("broken_encoding", "max_replacement_char_ratio", "stat.replacement_char_ratio", "max",
              "U+FFFD replacement characters over characters above this"),
+        Rule("char_repetition", "max_char_repetition_ratio", "stat.char_repetition_ratio", "max",
+             "share of character n-grams taken by the most frequent ones (the top sqrt(#distinct) "
+             "repeated n-grams; Data-Juicer's character_repetition) above this"),
+        Rule("low_alnum_ratio", "min_alnum_ratio", "stat.alnum_ratio", "min",
+             "letters and digits (any script) over all characters below this"),
+        Rule("line_too_long", "max_line_length", "stat.max_line_length", "max",
+             "characters in the longest line above this (minified code, unbroken dumps)"),
     )
-    int_stats = frozenset({"stat.max_char_run", "stat.lorem_ipsum", "stat.curly_braces"})
+    int_stats = frozenset({"stat.max_char_run", "stat.lorem_ipsum", "stat.curly_braces", "stat.max_line_length"})
 
     def measure(self, batch, langs, rows, wanted):
         column = batch.column("text")
@@ -563,6 +575,17 @@ class TextQuality(RuleFilter):
             out["stat.javascript_line_ratio"] = ratio(count_regex(texts, JAVASCRIPT_LINE_RE2), lines)
         if "stat.replacement_char_ratio" in wanted:
             out["stat.replacement_char_ratio"] = ratio(_count(texts, "\ufffd"), chars)
+        if "stat.alnum_ratio" in wanted:
+            out["stat.alnum_ratio"] = ratio(count_regex(texts, r"[\p{L}\p{N}]"), chars)
+        if wanted & {"stat.char_repetition_ratio", "stat.max_line_length"}:
+            pylist = texts.to_pylist()
+            if "stat.char_repetition_ratio" in wanted:
+                n = self.params.char_repetition_n
+                out["stat.char_repetition_ratio"] = np.fromiter(
+                    (char_repetition_ratio(t, n) for t in pylist), np.float64, len(pylist))
+            if "stat.max_line_length" in wanted:
+                out["stat.max_line_length"] = np.fromiter(
+                    (max(map(len, t.split("\n"))) if t else 0 for t in pylist), np.int64, len(pylist))
         if "stat.max_char_run" in wanted or "stat.url_char_ratio" in wanted:
             pylist = texts.to_pylist()
             if "stat.max_char_run" in wanted:
@@ -574,6 +597,19 @@ class TextQuality(RuleFilter):
                     url_chars[i] = sum(len(u) for u in URL.findall(pylist[i]))
                 out["stat.url_char_ratio"] = ratio(url_chars, chars)
         return out
+
+
+def char_repetition_ratio(text: str, n: int = 10) -> float:
+    """Data-Juicer's character repetition: of the text's character n-grams, the share covered
+    by the most frequent sqrt(#distinct) n-grams among those seen more than once; NaN when
+    the text has no n-gram."""
+    total = len(text) - n + 1
+    if total <= 0:
+        return float("nan")
+    counts = Counter(text[i:i + n] for i in range(total))
+    repeated = sorted((c for c in counts.values() if c > 1), reverse=True)
+    top = int(len(counts) ** 0.5)
+    return sum(repeated[:top]) / total
 
 
 def _count(texts, pattern: str) -> np.ndarray:
@@ -653,6 +689,9 @@ def _any_of(phrases: Sequence[str]) -> re.Pattern:
 
 _UNIT_STAT = "stat.<unit>_removed_"
 LINE_RULES = (
+    Rule("repeated", "repeated", _UNIT_STAT + "repeated", "remove",
+         "repeats an earlier line or sentence of the document (menus, widgets), so that repetition rules "
+         "after it judge the rest of the page", "sentence"),
     Rule("javascript", "javascript", _UNIT_STAT + "javascript", "remove", "mentions javascript (C4)", "sentence"),
     Rule("long_word", "max_word_chars", _UNIT_STAT + "long_word", "remove",
          "holds a run of more than this many characters without space or Han (C4: 1000)", "sentence"),
@@ -690,6 +729,7 @@ _SHORT_UNIT_RULES = frozenset({"policy", "copyright", "share", "click_here", "na
 class LineFilterParams(Params):
     split: Literal["lines", "sentences"] = Field(
         "sentences", description="unit removed: sentences (split at 。！？!?; and '. ', and at line ends) or whole lines")
+    repeated: bool = False
     javascript: bool = True
     max_word_chars: int | None = Field(1000, ge=1)
     policy: bool = True
@@ -729,7 +769,7 @@ class LineFilter(Mapper):
         # are split. Anchors are dropped so the pass also finds matches at sentence starts.
         self.phrase_hint = ("(?im)" + "|".join(f"(?:{ph.removeprefix('^').removesuffix('$')})" for ph in phrases)
                             if phrases else None)
-        self.per_unit_only = p.terminal_punct or p.min_words is not None
+        self.per_unit_only = p.terminal_punct or p.min_words is not None or p.repeated
         self.unit = p.split
 
     def unit_reason(self, unit: str) -> str | None:
@@ -789,8 +829,15 @@ class LineFilter(Mapper):
         counts: dict[str, int] = {}
         kept = []
         removed_chars = 0
+        seen: set[str] = set()
         for unit in self.split_units(text):
-            reason = self.unit_reason(unit)
+            reason = None
+            if self.params.repeated:
+                key = unit.strip()
+                if key and key in seen:
+                    reason = "repeated"
+                seen.add(key)
+            reason = reason or self.unit_reason(unit)
             if reason is None:
                 kept.append(unit)
             else:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from operators import registry
 from operators.base import Operator
@@ -83,7 +83,7 @@ class RayOptions(Strict):
 
 class InputSpec(Strict):
     path: str
-    format: Literal["auto", "jsonl", "txt", "parquet"] = "auto"
+    format: Literal["auto", "jsonl", "txt", "parquet", "warc", "html"] = "auto"
     source: str | None = None
     text_field: str = "text"
     id_field: str | None = None
@@ -91,6 +91,11 @@ class InputSpec(Strict):
     lang: str | None = Field(None, description="declared language of every document, if known")
     txt_mode: Literal["lines", "paragraphs", "file"] = "lines"
     on_decode_error: Literal["reject", "replace"] = "reject"
+    encoding: str | None = Field(None, description="codec of the input's bytes (utf-8, gbk, gb18030, big5, "
+                                 "shift_jis, ...) or `auto` (BOM, UTF-8, declared charset, detection); "
+                                 "default utf-8, and auto for WARC and HTML")
+    html_field: str | None = Field(None, description="jsonl/parquet: the field holding a page's HTML; "
+                                   "it becomes the document text, for html_extract (instead of text_field)")
     max_doc_bytes: int = Field(16 << 20, description="larger documents are rejected as too_large")
     keep_meta: bool = Field(True, description="other fields travel as a JSON `meta` column")
 
@@ -98,6 +103,26 @@ class InputSpec(Strict):
     @classmethod
     def _size(cls, v: Any) -> Any:
         return parse_size(v)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str | None) -> str | None:
+        from pipeline.decoding import AUTO, codec_name
+
+        if v is not None and v != AUTO and codec_name(v) is None:
+            raise ValueError(f"unknown encoding {v!r}: use a Python codec name (utf-8, gbk, gb18030, big5, "
+                             "shift_jis, windows-1252, ...) or auto")
+        return v
+
+    @model_validator(mode="after")
+    def _lines_need_ascii_newlines(self) -> InputSpec:
+        from pipeline.decoding import codec_name
+
+        wide = (codec_name(self.encoding) or "").startswith(("utf-16", "utf-32"))
+        if wide and self.format in ("auto", "jsonl", "txt") and self.txt_mode != "file":
+            raise ValueError(f"encoding {self.encoding}: such files cannot be split into lines; "
+                             "read them whole with format: txt, txt_mode: file")
+        return self
 
 
 class Resources(Strict):

@@ -1,4 +1,8 @@
-"""Readers: jsonl, jsonl.gz/.zst/.bz2/.xz, parquet and plain text into document batches.
+"""Readers: jsonl, jsonl.gz/.zst/.bz2/.xz, parquet and plain text into document batches;
+WARC/WET and HTML files through `pipeline.readers_web`.
+
+Bytes become text in the input's `encoding` (UTF-8 by default, any Python codec, or `auto`;
+see `pipeline.decoding`).
 
 Every physical record becomes a row. Records that cannot be used (malformed JSON, invalid
 UTF-8, a missing, non-string or empty text field, a document over `max_doc_bytes`, a
@@ -34,8 +38,9 @@ import orjson
 import pyarrow as pa
 
 from operators.base import REJECT_DETAIL, REJECT_OP, REJECT_REASON
-from pipeline import storage
+from pipeline import readers_web, storage
 from pipeline.config import InputSpec
+from pipeline.decoding import Decoder
 from pipeline.errors import InputError
 
 READ_OP = "read"
@@ -47,6 +52,11 @@ DOC_SCHEMA = pa.schema(
         ("lang", pa.string()),
         ("url", pa.string()),
         ("meta", pa.string()),
+        # Web crawl records (pipeline/readers_web.py): the WARC record's id and capture date.
+        ("warc_record_id", pa.string()),
+        ("warc_date", pa.string()),
+        # Replacement characters put in by `on_decode_error: replace` (null when not asked).
+        ("stat.decode_replacements", pa.int64()),
         (REJECT_OP, pa.string()),
         (REJECT_REASON, pa.string()),
         (REJECT_DETAIL, pa.string()),
@@ -54,7 +64,7 @@ DOC_SCHEMA = pa.schema(
 )
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".text": "txt",
-           ".parquet": "parquet"}
+           ".parquet": "parquet", ".html": "html", ".htm": "html", ".xhtml": "html"}
 UTF8_BOM = b"\xef\xbb\xbf"
 BATCH_ROWS = 4096
 BATCH_BYTES = 64 << 20
@@ -75,6 +85,8 @@ class InputFile:
 
 def _split_suffixes(path: str) -> tuple[str | None, str | None]:
     name = os.path.basename(path).lower()
+    if readers_web.is_warc(name):  # WARC files are decompressed by the WARC parser itself
+        return "warc", None
     compression = None
     for suffix, kind in COMPRESSIONS.items():
         if name.endswith(suffix):
@@ -88,7 +100,7 @@ def _default_source(path: str) -> str:
     name = os.path.basename(path)
     while True:
         stem, ext = os.path.splitext(name)
-        if not ext or ext.lower() not in {*COMPRESSIONS, *FORMATS}:
+        if not ext or ext.lower() not in {*COMPRESSIONS, *FORMATS, *readers_web.SUFFIXES}:
             return name
         name = stem
 
@@ -175,8 +187,9 @@ def _check_parquet(path: str, spec: InputSpec, index: int) -> None:
         schema = storage.parquet_file(path).schema_arrow
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"inputs[{index}]: {path} is not a readable parquet file: {e}") from None
-    if spec.text_field.split(".")[0] not in schema.names:
-        raise InputError(f"inputs[{index}].text_field: {path} has no column {spec.text_field!r} "
+    field, key = (spec.html_field, "html_field") if spec.html_field else (spec.text_field, "text_field")
+    if field.split(".")[0] not in schema.names:
+        raise InputError(f"inputs[{index}].{key}: {path} has no column {field!r} "
                          f"(columns: {', '.join(schema.names)})")
 
 
@@ -254,6 +267,8 @@ def read_file(file: InputFile, spec: InputSpec, batch_rows: int = BATCH_ROWS,
     batcher = _Batcher(batch_rows, batch_bytes)
     if file.format == "parquet":
         rows: Iterable[dict[str, Any]] = _parquet_rows(file, spec)
+    elif file.format in readers_web.FORMATS:
+        rows = readers_web.web_rows(file, spec)
     else:
         rows = _stream_rows(file, spec)
     for row in rows:
@@ -272,23 +287,24 @@ def _reject(file: InputFile, where: str, reason: str, detail: str, text: str) ->
 
 def _stream_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
     stream = _open(file)
+    decoder = Decoder(spec.encoding or "utf-8", spec.on_decode_error)
     line_number = 0
     try:
         if file.format == "txt" and spec.txt_mode == "file":
             raw = stream.read().removeprefix(UTF8_BOM)
-            yield from _text_record(file, spec, file.relative, "", raw)
+            yield from _text_record(file, spec, file.relative, "", raw, decoder)
             return
         if file.format == "txt" and spec.txt_mode == "paragraphs":
-            yield from _paragraph_rows(file, spec, stream)
+            yield from _paragraph_rows(file, spec, stream, decoder)
             return
         for line_number, line in _iter_lines(stream):
             if not line.strip():
                 continue  # blank lines separate records; they are not documents
             where = f"{file.relative}:{line_number}"
             if file.format == "txt":
-                yield from _text_record(file, spec, where, f":{line_number}", line)
+                yield from _text_record(file, spec, where, f":{line_number}", line, decoder)
             else:
-                yield _json_record(file, spec, where, f":{line_number}", line)
+                yield _json_record(file, spec, where, f":{line_number}", line, decoder)
     except (EOFError, OSError, ValueError, lzma.LZMAError) as e:
         # A truncated or corrupt compressed stream: what was read so far stands, the rest of
         # the file is one rejected record saying where it broke.
@@ -298,7 +314,7 @@ def _stream_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
         stream.close()
 
 
-def _paragraph_rows(file: InputFile, spec: InputSpec, stream: BinaryIO) -> Iterator[dict[str, Any]]:
+def _paragraph_rows(file: InputFile, spec: InputSpec, stream: BinaryIO, decoder: Decoder) -> Iterator[dict[str, Any]]:
     lines: list[bytes] = []
     first = 0
     for number, line in _iter_lines(stream):
@@ -307,48 +323,56 @@ def _paragraph_rows(file: InputFile, spec: InputSpec, stream: BinaryIO) -> Itera
                 first = number
             lines.append(line)
         elif lines:
-            yield from _text_record(file, spec, f"{file.relative}:{first}", f":{first}", b"\n".join(lines))
+            yield from _text_record(file, spec, f"{file.relative}:{first}", f":{first}", b"\n".join(lines), decoder)
             lines = []
     if lines:
-        yield from _text_record(file, spec, f"{file.relative}:{first}", f":{first}", b"\n".join(lines))
+        yield from _text_record(file, spec, f"{file.relative}:{first}", f":{first}", b"\n".join(lines), decoder)
 
 
-def _decode(file: InputFile, spec: InputSpec, where: str, detail: str, raw: bytes) -> tuple[str | None, dict | None]:
-    try:
-        return raw.decode("utf-8"), None
-    except UnicodeDecodeError as e:
-        if spec.on_decode_error == "replace":
-            return raw.decode("utf-8", "replace"), None
-        return None, _reject(file, where, "invalid_utf8", f"{detail}: invalid UTF-8 at byte {e.start}", _rejected_text(raw))
+def _decode(file: InputFile, spec: InputSpec, where: str, detail: str, raw: bytes,
+            decoder: Decoder) -> tuple[str | None, dict | None, int | None]:
+    """(text, rejected row, replacement count): the count is None unless `replace` was asked for."""
+    decoded = decoder.decode(raw)
+    if decoded.text is None:
+        # UTF-8 declared keeps its own reason; any other encoding (or auto) is bad_encoding.
+        reason = "invalid_utf8" if decoder.encoding == "utf-8" else "bad_encoding"
+        return None, _reject(file, where, reason, f"{detail}: {decoded.error}", _rejected_text(raw)), None
+    return decoded.text, None, decoded.replacements if decoder.replace else None
 
 
-def _text_record(file: InputFile, spec: InputSpec, where: str, detail: str, raw: bytes) -> Iterator[dict[str, Any]]:
+def _text_record(file: InputFile, spec: InputSpec, where: str, detail: str, raw: bytes,
+                 decoder: Decoder) -> Iterator[dict[str, Any]]:
     if len(raw) > spec.max_doc_bytes:
         yield _reject(file, where, "too_large", f"{detail}: {len(raw):,} bytes > max_doc_bytes {spec.max_doc_bytes:,}",
                       _rejected_text(raw))
         return
-    text, rejected = _decode(file, spec, where, detail, raw)
+    text, rejected, replacements = _decode(file, spec, where, detail, raw, decoder)
     if rejected is not None:
         yield rejected
         return
     if not text.strip():
         yield _reject(file, where, "empty_text", f"{detail}: empty text", text)
         return
-    yield {"id": f"{file.source}:{where}", "text": text, "source": file.source, "lang": spec.lang}
+    yield {"id": f"{file.source}:{where}", "text": text, "source": file.source, "lang": spec.lang,
+           "stat.decode_replacements": replacements}
 
 
-def _json_record(file: InputFile, spec: InputSpec, where: str, detail: str, line: bytes) -> dict[str, Any]:
+def _json_record(file: InputFile, spec: InputSpec, where: str, detail: str, line: bytes,
+                 decoder: Decoder) -> dict[str, Any]:
     if len(line) > spec.max_doc_bytes:
         return _reject(file, where, "too_large", f"{detail}: {len(line):,} bytes > max_doc_bytes {spec.max_doc_bytes:,}",
                        _rejected_text(line))
-    text, rejected = _decode(file, spec, where, detail, line)
+    text, rejected, replacements = _decode(file, spec, where, detail, line, decoder)
     if rejected is not None:
         return rejected
     try:
         record = orjson.loads(text)
     except orjson.JSONDecodeError as e:
         return _reject(file, where, "malformed_json", f"{detail}: {e}", text)
-    return _record_row(file, spec, where, detail, record, raw_text=text)
+    row = _record_row(file, spec, where, detail, record, raw_text=text)
+    if replacements is not None and not row.get(REJECT_OP):
+        row["stat.decode_replacements"] = replacements
+    return row
 
 
 def _record_row(file: InputFile, spec: InputSpec, where: str, detail: str, record: Any,
@@ -360,14 +384,15 @@ def _record_row(file: InputFile, spec: InputSpec, where: str, detail: str, recor
         found, value = _lookup(record, spec.id_field)
         if found and value is not None and value != "":
             doc_id = str(value)
-    found, text = _lookup(record, spec.text_field)
+    text_field = spec.html_field or spec.text_field  # an HTML field is the text html_extract reads
+    found, text = _lookup(record, text_field)
     raw = raw_text if raw_text is not None else orjson.dumps(record, default=str).decode()
     if not found or text is None:
-        return _reject(file, doc_id, "missing_text", f"{detail}: no {spec.text_field!r} field", raw)
+        return _reject(file, doc_id, "missing_text", f"{detail}: no {text_field!r} field", raw)
     if not isinstance(text, str):
-        return _reject(file, doc_id, "text_not_string", f"{detail}: {spec.text_field!r} is {type(text).__name__}", raw)
+        return _reject(file, doc_id, "text_not_string", f"{detail}: {text_field!r} is {type(text).__name__}", raw)
     if not text.strip():
-        return _reject(file, doc_id, "empty_text", f"{detail}: empty {spec.text_field!r}", text)
+        return _reject(file, doc_id, "empty_text", f"{detail}: empty {text_field!r}", text)
     if len(text.encode("utf-8")) > spec.max_doc_bytes:
         return _reject(file, doc_id, "too_large", f"{detail}: text over max_doc_bytes {spec.max_doc_bytes:,}", text)
     url = None
@@ -376,7 +401,7 @@ def _record_row(file: InputFile, spec: InputSpec, where: str, detail: str, recor
         url = str(url) if found and url is not None else None
     meta = None
     if spec.keep_meta:
-        skip = {spec.text_field.split(".")[0], spec.id_field, spec.url_field}
+        skip = {text_field.split(".")[0], spec.id_field, spec.url_field}
         rest = {k: v for k, v in record.items() if k not in skip}
         meta = orjson.dumps(rest, default=str).decode() if rest else None
     return {"id": f"{file.source}:{doc_id}", "text": text, "source": file.source, "lang": spec.lang,

@@ -36,13 +36,14 @@ from operators.rules import (
     RuleFilter,
     TextQuality,
 )
+from operators.web_rules import FineWebQuality
 
 REPO = Path(__file__).resolve().parents[1]
 # The cleaning operators in pipeline order; the README table lists them in this order.
-CLEANING_OPS = ["fix_encoding", "strip_markup", "normalize", "language_id", "traditional_to_simplified",
-                "length_filter", "line_filter", "text_quality", "gopher_quality", "chinese_quality",
-                "gopher_repetition"]
-DOCUMENT_RULE_OPS = [GopherQuality, ChineseQuality, GopherRepetition, TextQuality]
+CLEANING_OPS = ["html_extract", "fix_encoding", "strip_markup", "normalize", "language_id", "url_filter",
+                "traditional_to_simplified", "length_filter", "line_filter", "text_quality", "gopher_quality",
+                "chinese_quality", "gopher_repetition", "fineweb_quality", "c4_quality"]
+DOCUMENT_RULE_OPS = [GopherQuality, ChineseQuality, GopherRepetition, TextQuality, FineWebQuality]
 
 # Hand-written (not from shared data): a plain English paragraph and a Chinese one.
 GOOD_EN = (
@@ -127,6 +128,21 @@ RULE_CASES = {
     ("text_quality", "curly_braces"): ({}, "if (x) { return y; }", "en"),
     ("text_quality", "javascript"): ({}, "Please enable JavaScript to view this page.", "en"),
     ("text_quality", "broken_encoding"): ({}, "The price is \ufffd\ufffd5 today.", "en"),
+    ("text_quality", "char_repetition"): ({"max_char_repetition_ratio": 0.15}, "buy cheap now! " * 30, "en"),
+    ("text_quality", "low_alnum_ratio"): ({"min_alnum_ratio": 0.5}, "-- ** == !! -- ** == !! ok", "en"),
+    ("text_quality", "line_too_long"): ({"max_line_length": 100}, GOOD_EN, "en"),
+    # fineweb_quality, c4_quality
+    ("fineweb_quality", "line_punct_ratio"): (
+        {}, EN_LINES(f"this is a line of words number {i} without an end" for i in range(10)), "en"),
+    ("fineweb_quality", "short_line_ratio"): ({}, EN_LINES(f"Short line {i}." for i in range(10)), "en"),
+    ("fineweb_quality", "char_dup_ratio"): ({}, EN_LINES([GOOD_EN, "A repeated line.", "A repeated line."]), "en"),
+    ("fineweb_quality", "list_ratio"): ({}, EN_LINES(f"item {i}." for i in range(20)), "en"),
+    ("c4_quality", "too_few_sentences"): ({}, "One sentence only. And a second one.", "en"),
+    ("c4_quality", "too_few_paragraphs"): ({"min_paragraphs": 3}, GOOD_EN, "en"),
+    # url_filter: the text is the document's URL
+    ("url_filter", "blocked_domain"): ({"domains": ["example.com"]}, "https://news.example.com/a", None),
+    ("url_filter", "blocked_url_word"): ({"words": ["casino"]}, "https://a.org/best-casino-games", None),
+    ("url_filter", "blocked_url_subword"): ({"subwords": ["xxx"]}, "https://a.org/xxxvideos", None),
     # language_id
     ("language_id", "lang_not_kept"): ({}, "El vendedor canceló el envío de mi pedido.", None),
     ("language_id", "low_lang_score"): ({"min_score": 0.99}, "ok ok", None),
@@ -136,6 +152,8 @@ RULE_CASES = {
 }
 
 LINE_CASES = {
+    # repeats the unit before it (the first sentence of GOOD_EN)
+    "repeated": ({"repeated": True}, GOOD_EN.split(". ")[0] + "."),
     "javascript": ({}, "Please enable JavaScript in your browser to continue."),
     "long_word": ({}, "x" * 1001 + "."),
     "policy": ({}, "This site uses cookies to improve your experience."),
@@ -165,7 +183,10 @@ def test_each_document_rule_alone(name, rule):
     overrides, text, lang = RULE_CASES[(name, rule.reason)]
     op_class = registry.get(name)
     op = only(op_class, rule, **overrides) if issubclass(op_class, RuleFilter) else op_class(**overrides)
-    out = run_operators([op], table([text], lang))
+    docs = table([text], lang)
+    if name == "url_filter":
+        docs = docs.append_column("url", pa.array([text]))
+    out = run_operators([op], docs)
     assert reasons(out) == [rule.reason]
     detail = out.column("reject_detail").to_pylist()[0]
     if issubclass(op_class, RuleFilter):
@@ -344,7 +365,7 @@ def test_language_scoping_and_shared_stats():
 
 
 @pytest.mark.parametrize("name", ["gopher_quality", "chinese_quality", "gopher_repetition", "text_quality",
-                                  "line_filter", "length_filter"])
+                                  "line_filter", "length_filter", "fineweb_quality", "c4_quality", "html_extract"])
 def test_edge_cases_never_error(name):
     op = registry.create(name)
     out = run_operators([op], table(EDGE_CASES))
@@ -354,13 +375,15 @@ def test_edge_cases_never_error(name):
 
 def test_edge_case_reasons():
     out = run_operators([GopherQuality(), ChineseQuality(), TextQuality()], table(EDGE_CASES))
-    got = reasons(out)
+    # Rejected rows move behind the active ones: read each document's reason by its id.
+    by_id = dict(zip(out.column("id").to_pylist(), reasons(out)))
+    got = [by_id[f"test:{i}"] for i in range(len(EDGE_CASES))]
     assert got[0] == "too_few_words"           # empty: guessed en, no words
     assert got[1] == "too_few_words"           # one Han character
     assert got[2] == "too_few_words"           # only punctuation
     assert got[3] == "too_few_words"           # only emoji: no words
     assert got[4] == "too_few_stopwords"       # a long line of the same words
-    assert got[5] == "too_few_words"           # short mixed Chinese and English
+    assert got[5] == "too_few_words"           # short mixed Chinese and English (lid.176: zh)
 
 
 # --------------------------------------------------------------------------- README table
@@ -481,3 +504,37 @@ def test_clean_stage_end_to_end(shared_data, run_config, tmp_path):
 
 if __name__ == "__main__":
     print(rule_table())
+
+
+def test_url_filter_reads_block_list_files_and_says_which_is_missing(tmp_path):
+    from operators.web_rules import BlockListMissing, UrlFilter
+
+    (tmp_path / "domains.txt").write_text("# blocked\nbad.example\n")
+    op = UrlFilter(domain_files=[str(tmp_path / "domains.txt")])
+    docs = table(["a", "b", "c"]).append_column(
+        "url", pa.array(["http://www.bad.example/x", "http://notbad.example/", None]))
+    assert reasons(run_operators([op], docs)) == ["blocked_domain", None, None]
+    with pytest.raises(BlockListMissing, match=r"nope\.txt does not exist"):
+        UrlFilter(word_files=[str(tmp_path / "nope.txt")])
+
+
+def test_c4_and_fineweb_rules_count_chinese_sentences_and_line_ends():
+    from operators.web_rules import C4Quality
+
+    text = GOOD_ZH + "\n" + GOOD_ZH[:40] + "。"
+    out = run_operators([C4Quality(), FineWebQuality()], table([text], "zh"))
+    assert out.column("stat.sentences").to_pylist() == [text.count("。")]
+    assert out.column("stat.line_punct_ratio").to_pylist() == [1.0]
+    assert reasons(out) == [None]
+
+
+def test_unlabelled_german_is_not_judged_by_english_rules():
+    german = ("Der Markt in der kleinen Stadt am Fluss fand am Samstag statt, und die Bauern aus dem Tal "
+              "brachten Äpfel, Birnen und Honig mit. Viele Familien kamen mit ihren Kindern aus den Bergen "
+              "herunter, um die Stände zu sehen. Der Bürgermeister sagte, dass der Markt jedes Jahr größer "
+              "werde und im nächsten Jahr zwei Tage dauern solle.")
+    out = run_operators([GopherQuality()], table([german, GOOD_EN]))
+    assert reasons(out) == [None, None]
+    assert out.column("stat.stopwords").to_pylist()[0] is None  # not measured: lid.176 says de
+    out = run_operators([GopherQuality()], table([german], "en"))  # declared English: judged
+    assert reasons(out) == ["too_few_stopwords"]
