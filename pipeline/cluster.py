@@ -50,10 +50,41 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _ray_cli() -> str:
-    """The `ray` script of this interpreter's environment (PATH may lack the venv)."""
-    candidate = Path(sys.executable).with_name("ray")
-    return str(candidate) if candidate.exists() else "ray"
+# Ray 2.60 does not keep a node on 127.0.0.1 when told to: `ray start --node-ip-address
+# 127.0.0.1` (ray/scripts/scripts.py) and `ray.init(address="127.0.0.1:PORT")`
+# (services.canonicalize_bootstrap_address) swap a loopback address for the machine's routable
+# one (services.resolve_ip_for_localhost), and the GCS, the raylet's node manager and object
+# manager, the core workers, the dashboard agent and the metrics exporter then listen on every
+# interface; each of them listens on 127.0.0.1 alone only when the node's address *is*
+# 127.0.0.1. Ray keeps a loopback address where it believes multi-node clusters are off
+# (LOOPBACK_ONLY_ENV=0, its switch for Windows and macOS): that is set for every process of the
+# nodes (they inherit it, the drivers of Ray jobs included). `ray start` itself refuses to start
+# a worker node with that switch off, so it runs through this launcher, which keeps the address
+# it is given and lets the worker node start.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_RAY_START_AS_GIVEN = (
+    "import sys; import ray._private.ray_constants as constants, ray._private.services as services; "
+    "services.resolve_ip_for_localhost = lambda host: host; constants.ENABLE_RAY_CLUSTER = True; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+)
+
+
+def _ray_start() -> list[str]:
+    """`ray start` of this interpreter's environment (PATH may lack the venv), address kept."""
+    return [sys.executable, "-c", _RAY_START_AS_GIVEN, "start"]
+
+
+def join_on_loopback(address: str) -> None:
+    """Before `ray.init(address=...)` from a process outside the nodes: a GCS address on
+    127.0.0.1 (a `kiln cluster up` cluster) is kept as it is, not swapped for the machine's
+    address, where nothing listens (see LOOPBACK_ONLY_ENV)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if "://" in address or host not in ("127.0.0.1", "localhost", "::1"):
+        return
+    import ray._private.ray_constants as constants  # private; read at call time by services
+
+    os.environ[LOOPBACK_ONLY_ENV] = "0"
+    constants.ENABLE_RAY_CLUSTER = False
 
 
 @dataclass
@@ -69,7 +100,7 @@ class LocalCluster:
     token: str = ""
     nodes: list[str] = field(default_factory=list)
     object_store_bytes: int = 200 << 20
-    client_port: int = 0  # the head's Ray Client proxy, which names neither temporary folder nor 127.0.0.1
+    client_port: int = 0  # the head's Ray Client proxy, which names no temporary folder
 
     @property
     def gcs_address(self) -> str:
@@ -109,6 +140,7 @@ class LocalCluster:
         env = dict(os.environ)
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        env[LOOPBACK_ONLY_ENV] = "0"  # every process of the node keeps 127.0.0.1 (see above)
         env.pop("RAY_AUTH_TOKEN_PATH", None)
         env.pop("RAY_ADDRESS", None)
         return env
@@ -119,7 +151,7 @@ class LocalCluster:
     def _start(self, name: str, args: list[str], timeout: float) -> None:
         Path(self._node_dir(name)).mkdir(parents=True, exist_ok=True)
         log = Path(self.root) / f"{name}.log"
-        command = [_ray_cli(), "start", "--node-ip-address", HOST, "--temp-dir", self._node_dir(name),
+        command = [*_ray_start(), "--node-ip-address", HOST, "--temp-dir", self._node_dir(name),
                    "--disable-usage-stats", "--object-store-memory", str(self.object_store_bytes),
                    "--dashboard-agent-listen-port", str(free_port()),
                    "--dashboard-agent-grpc-port", str(free_port()),
@@ -194,8 +226,8 @@ class LocalCluster:
         import psutil
 
         marker = self._node_dir(name).rstrip("/") + "/"
-        # The head's Ray Client proxy is started with the machine's address and names no
-        # temporary folder: it is found by its port and the head's GCS port instead.
+        # The head's Ray Client proxy names no temporary folder: it is found by its port and
+        # the head's GCS port instead.
         proxy = {f"--port={self.client_port}", "ray.util.client.server"} if name == "head" and self.client_port else None
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):

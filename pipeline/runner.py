@@ -46,6 +46,7 @@ from operators.base import (
 )
 from pipeline import stats as stats_lib
 from pipeline import storage
+from pipeline.cluster import join_on_loopback
 from pipeline.config import PipelineConfig, StageSpec
 from pipeline.errors import ConfigError, KilnError, StageError
 from pipeline.ids import IdClaims, make_unique
@@ -186,6 +187,7 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
             if address:
                 check_reachable(address)
                 check_token(address)
+                join_on_loopback(address)
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
             else:
                 ray.init(

@@ -108,6 +108,50 @@ def test_a_failing_job_is_reported_as_failed(cluster, tmp_path):
     assert "does not exist" in "".join(logs)
 
 
+def _listening(processes) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket the processes listen on; an IPv6
+    socket bound to an IPv4-mapped address (gRPC's way) is shown as the IPv4 address."""
+    import ipaddress
+
+    import psutil
+
+    found = []
+    for proc in processes:
+        try:
+            sockets = proc.net_connections(kind="tcp")
+            name = proc.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for s in sockets:
+            if s.status == psutil.CONN_LISTEN:
+                ip = ipaddress.ip_address(s.laddr.ip)
+                if ip.version == 6 and ip.ipv4_mapped:
+                    ip = ip.ipv4_mapped
+                found.append((str(ip), s.laddr.port, name))
+    return found
+
+
+def test_every_process_of_the_cluster_listens_on_loopback_only(cluster, tmp_path):
+    """Issue 17 item 7: the GCS, the raylets (node manager, object manager) and the dashboard
+    agents listened on all interfaces (`ray start` swaps 127.0.0.1 for the machine's address).
+    Checked while a job runs, so its driver and the core workers of its tasks count too."""
+    config = pipeline_yaml(tmp_path, docs=2000)
+    request = SubmitRequest(address=cluster.dashboard_url, kiln_args=["run", str(config)], token=cluster.token,
+                            wait=False)
+    job_id, _ = submit(request, echo=quiet)
+    client = _client(cluster.dashboard_url, cluster.token)
+    _wait_for_log(client, job_id, "> stage 01-clean", timeout=120)
+    processes = [p for name in cluster.nodes for p in cluster.node_processes(name)]
+    names = {p.name() for p in processes}
+    sockets = _listening(processes)
+    assert follow(client, cluster.dashboard_url, job_id, request, quiet, quiet) == "SUCCEEDED"
+    workers = {n for n in names if n.startswith("ray::")} - {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}
+    assert {"gcs_server", "raylet"} <= names and workers, names
+    assert len(sockets) >= 10, sockets  # GCS, 2 per raylet, dashboard, agents, client proxy, workers
+    print("listening:", sorted(sockets))
+    assert [s for s in sockets if s[0] != "127.0.0.1"] == [], sockets
+
+
 def test_the_command_line_submits_run_config_or_any_kiln_command(tmp_path, monkeypatch, capsys):
     from pipeline.cli import main
     from pipeline.submit import entrypoint, kiln_command, read_token, runtime_env
@@ -186,6 +230,23 @@ def test_kiln_run_joining_the_cluster_without_its_token_says_so(cluster, tmp_pat
     assert not (tmp_path / "run" / "01-clean").exists() and not (tmp_path / "run" / "config.yaml").exists()
 
 
+def test_kiln_run_joins_the_loopback_cluster_from_outside_with_its_token(cluster, tmp_path):
+    """`kiln run --address 127.0.0.1:GCS` from a shell: Ray would swap 127.0.0.1 for the
+    machine's address, where the loopback-only GCS does not listen, and retry for minutes."""
+    import os
+    import subprocess
+    import sys
+
+    config = pipeline_yaml(tmp_path, docs=50)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ENABLE_WINDOWS"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_file))
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config), "--address",
+                             cluster.gcs_address, "--no-progress"], env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [c.ok for c in verify_run(tmp_path / "run")] == [True, True]
+
+
 def _wait_for_log(client, job_id: str, needle: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -245,8 +306,8 @@ def test_a_lost_head_ends_the_wait_with_a_clear_error(cluster, tmp_path):
 
 
 def test_cluster_down_stops_every_process_it_started_the_client_proxy_included(tmp_path):
-    """Issue 17 item 7: the head's Ray Client proxy (started with the machine's address, no
-    temporary folder in its command line) outlived `kiln cluster down`."""
+    """Issue 17 item 7: the head's Ray Client proxy (no temporary folder in its command line)
+    outlived `kiln cluster down`."""
     import psutil
 
     root = tempfile.mkdtemp(prefix="kd-", dir="/tmp")
