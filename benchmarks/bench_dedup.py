@@ -211,26 +211,22 @@ def score(predicted_labels: list, true_pairs: set[tuple[int, int]]) -> dict:
 
 
 def local_clusters(ids: list[str], texts: list[str], params: kernels.MinHashParams) -> dict[str, str | None]:
-    """minhash_dedup's decisions computed in this process with the executor's own block
-    functions on one partition (the distributed run applies the same functions to hash
-    partitions, which does not change the result): id -> cluster (survivor id) or None."""
+    """minhash_dedup's decisions computed in this process with the functions of its gathered
+    form (the one `kiln run` takes below ray.global_memory; the distributed form gives the
+    same clusters, tests/test_dedup.py checks it): id -> cluster (survivor id) or None."""
+    from pipeline.global_ops import ROW_KEY
     from pipeline.global_ops import dedup as executors
 
-    num_perm = params.num_perm
+    batch = pa.table({"id": ids, "text": texts, ROW_KEY: np.arange(len(ids), dtype=np.int64)})
+    nodes = executors._signature_rows(batch, params)
+    sigs = kernels.signatures_from_bytes(nodes.column("sig"), params.num_perm)
     bands, rows = params.band_rows
-    sigs = executors._signature_rows(pa.table({"id": ids, "text": texts}), params)
-    edges = executors._bucket_edges(executors._band_rows(sigs, bands, rows, num_perm))
-    edges = executors._unique_pairs(edges, "a", "b")
-    joined = executors._attach_signatures(pa.concat_tables([executors._endpoint_rows(edges, num_perm),
-                                                            executors._node_rows(sigs, num_perm)]))
-    pairs = executors._verify_pairs(joined, num_perm, params.threshold if params.verify else None)
-    table = pa.table({"x": pairs.column("u"), "y": pairs.column("v")})
-    while True:
-        large = executors._large_star(executors._both_directions(table))
-        table, summary = executors._count_unstable(executors._small_star(executors._orient_larger_first(large)))
-        if summary["unstable"] == 0:
-            break
-    decisions = executors._cluster_decisions(table, params.threshold)
+    a, b = executors._star_edges_by_band(kernels.band_keys(sigs, bands, rows), nodes.column("node").to_numpy(),
+                                         nodes.column("earlier").to_numpy(zero_copy_only=False))
+    if params.verify_threshold is not None:
+        keep = executors._verified(sigs, a, b, params.verify_threshold)
+        a, b = a[keep], b[keep]
+    decisions = executors._component_decisions(nodes, a, b, params.threshold)
     clusters: dict[str, str | None] = dict.fromkeys(ids)
     clusters.update(zip(decisions.column("id").to_pylist(), decisions.column("dup_cluster").to_pylist()))
     return clusters

@@ -58,6 +58,32 @@ def test_signatures_equal_datasketch_on_real_text(shared_data, scheme):
     assert any(len(w) > 1 for w in kernels.shingles(texts[0], params)[0])
 
 
+def test_shingle_normalization_is_configurable_and_matches_datasketch(shared_data):
+    two_words = dict(word_ngram=2, shingle="word")
+    text = "Ｈｅｌｌｏ, World 2024 again"
+    assert kernels.shingles(text, MinHashParams(**two_words))[0] == ("ｈｅｌｌｏ", "world")  # default: no NFKC
+    nfkc = MinHashParams(unicode_form="NFKC", **two_words)
+    assert kernels.shingles(text, nfkc)[0] == ("hello", "world")
+    assert kernels.shingles(text, MinHashParams(punctuation="keep", **two_words))[0] == ("ｈｅｌｌｏ,", "world")
+    assert ("world", "again") in kernels.shingles(text, MinHashParams(digits="remove", **two_words))
+    assert kernels.shingles("Big Cat", MinHashParams(lowercase=False, **two_words)) == [("Big", "Cat")]
+    chars = dict(char_ngram=2, shingle="char")
+    assert kernels.shingles("中 文。", MinHashParams(**chars)) == [("中", "文")]
+    assert kernels.shingles("中 文。", MinHashParams(whitespace="keep", **chars)) == [("中", " "), (" ", "文")]
+    assert kernels.shingles("中 文。", MinHashParams(punctuation="keep", **chars)) == [("中", "文"), ("文", "。")]
+    # Non-default options change the index fingerprint; the defaults keep old indexes valid.
+    assert "punctuation" not in MinHashParams().index_fingerprint()
+    assert MinHashParams(punctuation="keep").index_fingerprint()["punctuation"] == "keep"
+    texts = _bbc(shared_data, 4) + _clue(shared_data, 4)
+    for params in (MinHashParams(num_perm=32, unicode_form="NFKC", punctuation="keep", whitespace="keep"),
+                   MinHashParams(num_perm=32, digits="remove", lowercase=False)):
+        sigs, _ = kernels.signatures(pa.array(texts), None, params)
+        for i, t in enumerate(texts):
+            reference = datasketch.MinHash(num_perm=32, seed=1, hashfunc=kernels.shingle_hash)
+            reference.update_batch(kernels.shingles(t, params))
+            assert np.array_equal(reference.hashvalues.astype(np.uint32), sigs[i])
+
+
 def test_language_column_overrides_script_share():
     params = MinHashParams()
     texts = pa.array(["这是一段中文文本，用来测试。", "plain english words here", "plain english words here"])

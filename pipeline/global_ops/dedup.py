@@ -802,8 +802,8 @@ def _cluster_in_one_task(signature_files: list[str], earlier: list[tuple[int, li
     a, b = _star_edges_by_band(kernels.band_keys(sigs, bands, rows), node_keys, earlier_mask)
     candidates = len(a)
     phases["lsh_buckets"] = round(time.perf_counter() - clock, 3)
-    if params.verify and candidates:
-        keep = _verified(sigs, a, b, params.threshold)
+    if params.verify_threshold is not None and candidates:
+        keep = _verified(sigs, a, b, params.verify_threshold)
         a, b = a[keep], b[keep]
     del sigs
     phases["verify"] = round(time.perf_counter() - clock - sum(phases.values()), 3)
@@ -907,7 +907,7 @@ def _distributed_minhash(op: GlobalOperator, ds: Any, ctx: GlobalContext, signat
                                  _attach_signatures)
         pairs = _shuffle_blocks(joined, ["a", "b"], _partitions(ctx, 2 * candidates, 4 * num_perm + 64),
                                 functools.partial(_verify_pairs, num_perm=num_perm,
-                                                  threshold=params.threshold if params.verify else None))
+                                                  threshold=params.verify_threshold))
         pairs, pair_summary = _checkpoint(pairs, work / "pairs", PAIR_SCHEMA)
         verified = pair_summary["rows"]
     phase("verify")
