@@ -670,6 +670,11 @@ def normalize_for_exact(texts: pa.Array, params: ExactDedupParams) -> pa.Array:
         texts = pc.replace_substring_regex(texts, r"\d", "0")
     elif params.digits == "remove":
         texts = pc.replace_substring_regex(texts, r"\d+", "")
+    if params.punctuation == "remove" and params.whitespace != "keep":
+        # Runs of punctuation, symbols and whitespace to one space (or nothing) in one regex
+        # pass: the same text as the two passes below, in half the time.
+        texts = pc.replace_substring_regex(texts, r"[\p{P}\p{S}\s]+", " " if params.whitespace == "collapse" else "")
+        return pc.utf8_trim_whitespace(texts) if params.whitespace == "collapse" else texts
     if params.punctuation == "remove":
         # To a space, so "1.62" and "1 . 62", or "end.Next" and "end. Next", agree.
         texts = pc.replace_substring_regex(texts, PUNCT_SYMBOL, " ")

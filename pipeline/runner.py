@@ -51,6 +51,7 @@ from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read
 log = logging.getLogger("kiln")
 BYTES_IN = "_kiln.bytes_in"
 TARGET_READ_BYTES = 128 << 20
+WRITE_BUNDLE_BYTES = 16 << 20
 
 
 # --------------------------------------------------------------------------- Ray session
@@ -287,6 +288,12 @@ def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reje
 
         def get_name(self) -> str:
             return "KilnStageWrite"
+
+        @property
+        def min_bytes_per_write(self) -> int:
+            # Blocks bundled into files of tens of MB, not one small file per block: a
+            # global operator reads a segment file by file, and fewer files cost fewer tasks.
+            return WRITE_BUNDLE_BYTES
 
     return StageSink()
 
