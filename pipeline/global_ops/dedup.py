@@ -791,12 +791,7 @@ def _cluster_in_one_task(signature_files: list[str], earlier: list[tuple[int, li
     phases: dict[str, float] = {}
     num_perm = params.num_perm
     bands, rows = params.band_rows
-    tables = [pq.read_table(f) for f in signature_files]
-    for number, files in earlier:
-        tables += [_earlier_rows(pq.read_table(f, columns=["id", "sig"]), number, num_perm) for f in files]
-    nodes = pa.concat_tables(tables).combine_chunks() if tables else _sig_schema(num_perm).empty_table()
-    del tables
-    sigs = kernels.signatures_from_bytes(nodes.column("sig"), num_perm)
+    nodes, sigs = _gather_nodes(signature_files, earlier, num_perm)
     node_keys = nodes.column("node").to_numpy()
     earlier_mask = nodes.column("earlier").to_numpy(zero_copy_only=False)
     a, b = _star_edges_by_band(kernels.band_keys(sigs, bands, rows), node_keys, earlier_mask)
@@ -815,10 +810,35 @@ def _cluster_in_one_task(signature_files: list[str], earlier: list[tuple[int, li
             "phase_seconds": phases, **summary}
 
 
+def _gather_nodes(signature_files: list[str], earlier: list[tuple[int, list[str]]],
+                  num_perm: int) -> tuple[pa.Table, np.ndarray]:
+    """Every node's columns but its signature, and the signatures as one (nodes x num_perm)
+    matrix filled file by file, so that no second copy of them is ever held."""
+    def sources():
+        for file in signature_files:
+            yield lambda f=file: pq.read_table(f)
+        for number, files in earlier:
+            for file in files:
+                yield lambda f=file, n=number: _earlier_rows(pq.read_table(f, columns=["id", "sig"]), n, num_perm)
+
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in signature_files]
+    counts += [pq.ParquetFile(f).metadata.num_rows for _, files in earlier for f in files]
+    sigs = np.empty((sum(counts), num_perm), dtype=np.uint32)
+    parts, start = [], 0
+    for read in sources():
+        table = read()
+        sigs[start:start + table.num_rows] = kernels.signatures_from_bytes(table.column("sig"), num_perm)
+        start += table.num_rows
+        parts.append(table.drop_columns(["sig"]))
+    schema = _sig_schema(num_perm)
+    nodes = pa.concat_tables(parts) if parts else schema.empty_table().drop_columns(["sig"])
+    return nodes, sigs[:start]
+
+
 def _gathered_bytes(signature_bytes: int, nodes: int, bands: int) -> int:
-    """Memory of the gathered MinHash step: the signature rows, the signatures again as a
-    matrix, the band keys and the sort orders of one band."""
-    return 2 * signature_bytes + nodes * (8 * bands + 64)
+    """Memory of the gathered MinHash step: the node rows (the signatures as a matrix), one
+    file's rows while reading, the band keys and the sort orders of one band, with room."""
+    return int(1.5 * signature_bytes) + nodes * (8 * bands + 64)
 
 
 # --------------------------------------------------------------------------- MinHash: executor
