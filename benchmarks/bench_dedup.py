@@ -80,7 +80,8 @@ class TreeMemorySampler:
     of it and all its descendants (the local Ray cluster it starts: raylet, GCS, workers),
     sampled every `interval` seconds. Total memory is the sum of PSS (proportional set size:
     shared pages such as the object store counted once across processes), or of RSS where
-    PSS cannot be read."""
+    PSS cannot be read. Also the CPU seconds (user + system) of all of them: on a shared
+    machine the work's measure that the neighbours do not change."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         import psutil
@@ -91,6 +92,7 @@ class TreeMemorySampler:
         self.driver_rss = 0
         self.tree_pss = 0
         self.tree_processes = 0
+        self._cpu: dict[tuple[int, float], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -102,6 +104,11 @@ class TreeMemorySampler:
             return
         total = 0
         for proc in processes:
+            try:
+                times = proc.cpu_times()
+                self._cpu[(proc.pid, proc.create_time())] = times.user + times.system
+            except self.psutil.Error:
+                pass
             try:
                 total += proc.memory_full_info().pss
             except (self.psutil.Error, AttributeError):
@@ -124,6 +131,11 @@ class TreeMemorySampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of every process seen in the tree (up to its last sample)."""
+        return sum(self._cpu.values())
 
 
 # --------------------------------------------------------------------------- kiln runs
@@ -419,8 +431,9 @@ else:
         else:
             lsh.insert(i, m)
 seconds = time.perf_counter() - started
-print(json.dumps({{"docs": len(texts), "seconds": seconds, "removed": removed,
-                  "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({{"docs": len(texts), "seconds": seconds, "removed": removed, "max_rss": usage.ru_maxrss * 1024,
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime}}))
 """
 
 
@@ -452,6 +465,7 @@ def end_to_end(work: Path, docs: int, peers: list[str], peer_max_docs: int, num_
     rows.append({"docs": docs, "tool": f"kiln minhash_dedup ({num_cpus} CPUs, Ray), whole `kiln run`",
                  "seconds": round(seconds, 1), "stage_seconds": stage["seconds"],
                  "docs_per_s": round(docs / seconds, 1), "removed": extra["docs_removed"],
+                 "cpu_seconds_all_processes": round(memory.cpu_seconds, 1),
                  "execution": extra.get("execution"), "driver_peak_rss_mb": round(memory.driver_rss / 2**20),
                  "all_processes_peak_pss_mb": round(memory.tree_pss / 2**20),
                  "processes_at_peak": memory.tree_processes, "phases": extra.get("phase_seconds"),
@@ -464,6 +478,7 @@ def end_to_end(work: Path, docs: int, peers: list[str], peer_max_docs: int, num_
         rows.append({"docs": docs, "tool": f"kiln exact_dedup ({num_cpus} CPUs, Ray), whole `kiln run`",
                      "seconds": round(seconds, 1), "stage_seconds": stage["seconds"],
                      "removed": extra["docs_removed"], "execution": extra.get("execution"),
+                     "cpu_seconds_all_processes": round(memory.cpu_seconds, 1),
                      "driver_peak_rss_mb": round(memory.driver_rss / 2**20),
                      "all_processes_peak_pss_mb": round(memory.tree_pss / 2**20), "phases": extra.get("phase_seconds"),
                      "load_average": os.getloadavg()})
@@ -473,7 +488,8 @@ def end_to_end(work: Path, docs: int, peers: list[str], peer_max_docs: int, num_
         result = run_peer(tool, parquet, limit)
         row = {"docs": docs, "tool": f"{tool} loop (1 process)", "seconds": round(result["seconds"], 1),
                "docs_per_s": round(result["docs"] / result["seconds"], 1), "removed": result["removed"],
-               "peak_rss_mb": round(result["max_rss"] / 2**20), "load_average": os.getloadavg()}
+               "peak_rss_mb": round(result["max_rss"] / 2**20), "cpu_seconds": round(result["cpu_seconds"], 1),
+               "load_average": os.getloadavg()}
         if limit < docs:
             row["note"] = f"ran on the first {limit:,} documents only"
         rows.append(row)
@@ -493,6 +509,8 @@ def main() -> None:
     parser.add_argument("--peer-max-docs", type=int, default=200_000,
                         help="the datasketch loop runs on at most this many documents (it is slow)")
     parser.add_argument("--exact", action="store_true", help="also a `kiln run` of exact_dedup on each corpus")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run kiln and the peers this many times, interleaved (kiln, peers, kiln, peers, ...)")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--object-store", type=int, default=3 << 30)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "kiln-bench-dedup")
@@ -514,8 +532,9 @@ def main() -> None:
         results["signatures"] = signature_throughput(sample, min(2000, args.throughput_docs))
     results["end_to_end"] = []
     for docs in args.docs:
-        results["end_to_end"] += end_to_end(args.work, docs, peers, args.peer_max_docs, args.num_cpus,
-                                            args.object_store, pool, args.exact)
+        for _ in range(args.repeat):
+            results["end_to_end"] += end_to_end(args.work, docs, peers, args.peer_max_docs, args.num_cpus,
+                                                args.object_store, pool, args.exact)
     results["load_average_at_end"] = os.getloadavg()
     results["self_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.json:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from operators.base import (
     REJECT_DETAIL,
@@ -246,30 +247,30 @@ def write_decisions(decisions: pa.Table, out_dir: Path) -> int:
 
 def _apply_file_decisions(table: pa.Table, position: int, decisions: pa.Table | None, label: str,
                           analyze: bool, post: Callable[[pa.Table], pa.Table] | None) -> pa.Table:
-    """Give a batch (rows `position`... of its file) its decisions: null where none."""
+    """Give a batch (rows `position`... of its file) its decisions, null where none: every
+    batch gets the decision columns, so that all output files have the same columns."""
     n = table.num_rows
-    if decisions is not None and decisions.num_rows:
-        where = decisions.column(DECISION_POSITION).to_numpy() - position
-        inside = (where >= 0) & (where < n)
-        if inside.any():
-            index = np.full(n, -1, dtype=np.int64)
-            index[where[inside]] = np.flatnonzero(inside)
-            take = pa.array(index, mask=index < 0)
-            names = {"reason": DECISION_REASON, "detail": DECISION_DETAIL}
-            for name in decisions.column_names:
-                if name != DECISION_POSITION:
-                    table = set_column(table, names.get(name, name), decisions.column(name).take(take))
-            table = apply_decisions(table, label, analyze)
+    where = decisions.column(DECISION_POSITION).to_numpy() - position
+    inside = (where >= 0) & (where < n)
+    index = np.full(n, -1, dtype=np.int64)
+    index[where[inside]] = np.flatnonzero(inside)
+    take = pa.array(index, mask=index < 0)
+    names = {"reason": DECISION_REASON, "detail": DECISION_DETAIL}
+    for name in decisions.column_names:
+        if name != DECISION_POSITION:
+            table = set_column(table, names.get(name, name), decisions.column(name).take(take))
+    table = apply_decisions(table, label, analyze)
     return post(table) if post is not None else table
 
 
-def _read_marked(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: int, decisions_dir: str, label: str,
-                 analyze: bool, post: Callable[[pa.Table], pa.Table] | None):
+def _read_marked(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: int, decisions_dir: str,
+                 decision_schema: pa.Schema, label: str, analyze: bool, post: Callable[[pa.Table], pa.Table] | None):
     from pipeline import storage
 
     for file_number, path in group:
         decision_file = Path(decisions_dir) / f"{file_number:06d}.parquet"
-        decisions = storage.parquet_file(str(decision_file)).read() if decision_file.is_file() else None
+        decisions = (storage.parquet_file(str(decision_file)).read() if decision_file.is_file()
+                     else decision_schema.empty_table())
         for table, position in _keyed_batches(file_number, path, schema, batch_rows):
             yield _apply_file_decisions(table, position, decisions, label, analyze, post)
 
@@ -287,8 +288,13 @@ def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
     target = max(1 << 20, min(128 << 20, sum(sizes) // max(1, 4 * ctx.num_cpus) + 1))
     groups = _group_by_size(list(enumerate(files)), sizes, target)
     group_sizes = [sum(sizes[i] for i, _ in g) for g in groups]
+    decision_files = sorted(Path(decisions_dir).glob("*.parquet")) if Path(decisions_dir).is_dir() else []
+    if not decision_files:
+        raise RuntimeError(f"marked_dataset: no decision files in {decisions_dir} (call it only when some "
+                           "decision was written)")
     read = functools.partial(_read_marked, schema=schema, batch_rows=ctx.batch_size,
-                             decisions_dir=str(decisions_dir), label=label, analyze=ctx.analyze, post=post)
+                             decisions_dir=str(decisions_dir), decision_schema=pq.read_schema(decision_files[0]),
+                             label=label, analyze=ctx.analyze, post=post)
     return _file_groups_dataset(groups, group_sizes, read, schema)
 
 
