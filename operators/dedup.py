@@ -2,7 +2,8 @@
 
 These are global operators: which document survives depends on the whole corpus, so the
 classes here carry only parameters and pure, vectorized kernels over `pyarrow.Table`
-batches; `pipeline/global_ops/dedup.py` runs them over Ray Data with hash shuffles.
+batches; `pipeline/global_ops/dedup.py` runs them on Ray (gathered in one task below a memory
+budget, with hash shuffles above it).
 
 MinHash signatures equal `datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash)` fed the
 shingles of `shingles(text, params)` (datasketch 2's default "affine32" scheme, or "legacy"
