@@ -401,7 +401,9 @@ def test_gathered_and_distributed_forms_agree_and_never_join_by_id(tmp_path, sha
         outcomes[form] = sorted(((r["id"], r["text"][:40], r["reject_op"], r["reject_reason"], r["dup_of"],
                                   r["dup_cluster"]) for r in rows.to_pylist()), key=repr)
         assert len(outcomes[form]) == len(docs)
-        again = [o for o in outcomes[form] if o[0] == "t:zz"]
+        # The reader renames the repeats `t:zz#2`, `t:zz#3` (pipeline/ids.py); the row-key joins
+        # must give the same decisions whatever the ids.
+        again = [o for o in outcomes[form] if o[0].split("#")[0] == "t:zz"]
         assert sorted((o[2:4] for o in again), key=repr) == [
             ("exact_dedup", "duplicate"), ("minhash_dedup", "near_duplicate"), (None, None)], again
     assert outcomes["gathered"] == outcomes["distributed"]
