@@ -144,9 +144,9 @@ web-demo: setup tokenizer  ## WARC/WET files of ../shared/data to shards with co
 	$(KILN) verify runs/web
 
 bench: bench-web
-bench-web: setup  ## web recipe on the Readability pages (main text kept, furniture removed); extraction and WARC reading docs/s per core
+bench-web: setup bench-env  ## web recipe on the Readability pages (main text kept, furniture removed); extraction and WARC reading docs/s per core, vs datatrove's extractor
 	mkdir -p runs
-	$(PY) benchmarks/bench_web.py --quality --split --speed --out runs/bench-web.json
+	$(PY) benchmarks/bench_web.py --quality --split --speed --datatrove --out runs/bench-web.json
 
 # --- privacy and sensitive topics -------------------------------------------------------
 .PHONY: bench-privacy

@@ -23,9 +23,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.base import Mapper, Outcome, Params, set_column, text_column
+from operators.base import Mapper, Outcome, Params, set_column
 from operators.registry import register
 from operators.rules import Rule
 
@@ -77,14 +78,18 @@ class HtmlExtract(Mapper):
             from resiliparse.parse.html import HTMLTree
 
             self._extract, self._parse = extract_plain_text, HTMLTree.parse
+            # skip_elements only when tables go: passing its default (None) explicitly made
+            # extract_plain_text about 10% slower in bench_web's interleaved measurement.
+            self._resiliparse_options = {"main_content": True, "alt_texts": False, "noscript": False}
+            if not self.params.include_tables:
+                self._resiliparse_options["skip_elements"] = ["table"]
 
     def extract(self, html: str, url: str | None) -> tuple[str, str | None, dict[str, Any]]:
         """(main text, title, other metadata) of one page."""
         p = self.params
         if p.engine == "resiliparse":
             tree = self._parse(html)
-            text = self._extract(tree, main_content=True, alt_texts=False, noscript=False,
-                                 skip_elements=None if p.include_tables else ["table"])
+            text = self._extract(tree, **self._resiliparse_options)
             return text, (tree.title or None), {}
         doc = self._extract(
             html, url=url, favor_precision=p.favor == "precision", favor_recall=p.favor == "recall",
@@ -113,16 +118,25 @@ class HtmlExtract(Mapper):
         return "\n".join(lines)
 
     def map(self, batch: pa.Table) -> Outcome:
-        htmls = text_column(batch)
-        urls = batch.column("url").to_pylist() if "url" in batch.column_names else [None] * len(htmls)
-        metas = batch.column("meta").to_pylist() if "meta" in batch.column_names else [None] * len(htmls)
-        n = len(htmls)
-        texts, titles = list(htmls), [None] * n
+        n = batch.num_rows
+        html_column = batch.column("text")
+        urls = batch.column("url").to_pylist() if "url" in batch.column_names else [None] * n
+        metas = batch.column("meta").to_pylist() if "meta" in batch.column_names else [None] * n
+        # Main texts of the rows that have one; the others keep their `text` (a WET record's
+        # text, a rejected page's HTML) from the Arrow column, never copied through Python.
+        texts: list[str | None] = [None] * n
+        titles: list[str | None] = [None] * n
         new_metas = list(metas)
         reasons: list[str | None] = [None] * n
         html_chars = np.zeros(n, np.int64)
         ratios = np.full(n, np.nan)
-        for i, html in enumerate(htmls):
+        # One page's HTML as a Python string at a time, not the batch's at once: the memory
+        # of each page is reused for the next instead of being faulted in afresh (about 4%
+        # of Resiliparse's time on the Readability pages, bench_web --speed).
+        for i, scalar in enumerate(html_column):
+            html = scalar.as_py()
+            if html is None:
+                continue
             if not HTML_HINT.search(html[:HINT_CHARS]):
                 continue  # already text (a WET record)
             text, title, extra = self.extract(html, urls[i])
@@ -141,7 +155,8 @@ class HtmlExtract(Mapper):
                 merged = orjson.loads(metas[i]) if metas[i] else {}
                 merged.update({k: v if isinstance(v, (str, int, float)) else str(v) for k, v in extra.items()})
                 new_metas[i] = orjson.dumps(merged).decode()
-        table = set_column(batch, "text", pa.array(texts, pa.string()))
+        extracted = pa.array([text is not None for text in texts], pa.bool_())
+        table = set_column(batch, "text", pc.if_else(extracted, pa.array(texts, pa.string()), html_column))
         table = set_column(table, "title", pa.array(titles, pa.string()))
         table = set_column(table, "meta", pa.array(new_metas, pa.string()))
         table = set_column(table, "stat.html_chars", pa.array(html_chars, pa.int64()))

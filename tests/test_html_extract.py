@@ -75,3 +75,16 @@ def test_layout_table_rows_become_paragraph_lines_and_data_rows_stay():
     text = f"| {paragraph.strip()} | | {paragraph.strip()} |\nYear | Film | Notes\n2014 | Gravity | won"
     assert HtmlExtract.untable(text).split("\n") == [paragraph.strip(), paragraph.strip(),
                                                       "Year | Film | Notes", "2014 | Gravity | won"]
+
+
+@pytest.mark.parametrize("engine", ["trafilatura", "resiliparse"])
+def test_tables_follow_include_tables_and_rows_without_text_pass(engine):
+    article = "<p>" + "The river rose overnight and the town council met at dawn to plan. " * 6 + "</p>"
+    table_html = "<table><tr><td>Rainfall in millimetres</td><td>412</td></tr></table>"
+    page = f"<html><head><title>Flood</title></head><body><article>{article}{table_html}{article}</article></body></html>"
+    batch = pa.table({"id": ["page", "null"], "text": [page, None], "url": [None, None], "meta": [None, None]})
+    with_tables = run_operators([HtmlExtract({"engine": engine})], batch).to_pylist()
+    without = run_operators([HtmlExtract({"engine": engine, "include_tables": False})], batch).to_pylist()
+    assert "Rainfall in millimetres" in with_tables[0]["text"]
+    assert "Rainfall in millimetres" not in without[0]["text"] and "town council" in without[0]["text"]
+    assert with_tables[1]["text"] is None and with_tables[1].get("reject_reason") is None
