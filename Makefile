@@ -13,7 +13,7 @@ RUN    ?= runs/demo
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup test lint demo run verify bench bench-runner clean-runs
+.PHONY: help setup test chaos lint demo run verify bench bench-runner clean-runs
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml
 test: setup browser  ## run the test suite
 	$(PY) -m pytest -q
 
+chaos: setup  ## the failure battery: 20+ kinds of bad input, unwritable and full disks, two runs at once, kill -9 mid-stage
+	$(PY) -m pytest -q tests/test_chaos.py
+
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
 
@@ -46,6 +49,11 @@ bench: bench-runner  ## every benchmark that runs in minutes (figures go in docs
 
 bench-runner: setup  ## runner overhead: identity operators vs a plain pyarrow loop
 	$(PY) benchmarks/bench_runner.py
+
+.PHONY: bench-ids
+bench: bench-ids
+bench-ids: setup  ## unique ids at read time: claims/s and memory at 1M and 10M ids, share of reading
+	$(PY) benchmarks/bench_ids.py
 
 clean-runs:  ## delete runs/ (pipeline outputs)
 	rm -rf runs

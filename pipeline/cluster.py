@@ -69,6 +69,7 @@ class LocalCluster:
     token: str = ""
     nodes: list[str] = field(default_factory=list)
     object_store_bytes: int = 200 << 20
+    client_port: int = 0  # the head's Ray Client proxy, which names neither temporary folder nor 127.0.0.1
 
     @property
     def gcs_address(self) -> str:
@@ -144,6 +145,7 @@ class LocalCluster:
         self.token_file.write_text(self.token + "\n")
         self.token_file.chmod(0o600)
         self.gcs_port = self.gcs_port or free_port()
+        self.client_port = self.client_port or free_port()
         self.dashboard_port = self.dashboard_port or free_port()
         for what, port in (("GCS", self.gcs_port), ("dashboard", self.dashboard_port)):
             if not _port_free(port):
@@ -151,7 +153,7 @@ class LocalCluster:
         self._start("head", ["--head", "--port", str(self.gcs_port), "--num-cpus", str(head_cpus),
                              "--include-dashboard", "true", "--dashboard-host", HOST,
                              "--dashboard-port", str(self.dashboard_port),
-                             "--ray-client-server-port", str(free_port())], timeout)
+                             "--ray-client-server-port", str(self.client_port)], timeout)
         for _ in range(workers):
             self.add_worker(worker_cpus, timeout)
         self.wait_for_nodes(1 + workers, timeout)
@@ -192,10 +194,16 @@ class LocalCluster:
         import psutil
 
         marker = self._node_dir(name).rstrip("/") + "/"
+        # The head's Ray Client proxy is started with the machine's address and names no
+        # temporary folder: it is found by its port and the head's GCS port instead.
+        proxy = {f"--port={self.client_port}", "ray.util.client.server"} if name == "head" and self.client_port else None
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             try:
-                if any(marker in arg or arg.endswith(marker.rstrip("/")) for arg in proc.info["cmdline"] or []):
+                args = proc.info["cmdline"] or []
+                is_proxy = proxy is not None and proxy <= set(args) and any(
+                    a.startswith("--address=") and a.endswith(f":{self.gcs_port}") for a in args)
+                if is_proxy or any(marker in arg or arg.endswith(marker.rstrip("/")) for arg in args):
                     found[proc.pid] = proc
                     for child in proc.children(recursive=True):
                         found[child.pid] = child

@@ -8,7 +8,7 @@ truncated compressed stream) become rejected rows with `reject_op = "read"`, a r
 
 Ids are stable across reruns: `<source>:<id field>` when the input names an id field, else
 `<source>:<file>:<line>` (jsonl, txt lines), `<source>:<file>:<row>` (parquet, 1-based) or
-`<source>:<file>` (one document per file).
+`<source>:<file>` (one document per file). An id read twice becomes `<id>#2` (pipeline/ids.py).
 
 These are plain generators, used in process by `kiln verify` and tests, and wrapped in a Ray
 Datasource by the runner. An input path may be a filesystem URI pyarrow understands (s3://,
@@ -55,6 +55,7 @@ DOC_SCHEMA = pa.schema(
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".text": "txt",
            ".parquet": "parquet"}
+UTF8_BOM = b"\xef\xbb\xbf"
 BATCH_ROWS = 4096
 BATCH_BYTES = 64 << 20
 # What a rejected row keeps of an unusable record, so the rejected set stays inspectable.
@@ -242,6 +243,8 @@ def _iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
     buffered = (io.BufferedReader, gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
     lines = stream if isinstance(stream, buffered) else io.BufferedReader(stream, 1 << 20)
     for number, line in enumerate(lines, 1):
+        if number == 1:
+            line = line.removeprefix(UTF8_BOM)  # editors on Windows start files with one
         yield number, line.rstrip(b"\r\n")
 
 
@@ -272,7 +275,7 @@ def _stream_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
     line_number = 0
     try:
         if file.format == "txt" and spec.txt_mode == "file":
-            raw = stream.read()
+            raw = stream.read().removeprefix(UTF8_BOM)
             yield from _text_record(file, spec, file.relative, "", raw)
             return
         if file.format == "txt" and spec.txt_mode == "paragraphs":
@@ -390,6 +393,11 @@ def _parquet_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
 
 
 def read_inputs(specs: list[InputSpec], batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
-    """Every input, in process: for tests and `kiln verify`."""
+    """Every input, in process: for tests and `kiln verify`. Repeated ids are renamed as the
+    runner's read does (pipeline/ids.py)."""
+    from pipeline.ids import IdClaims, make_unique
+
+    claims = IdClaims()
     for file in expand_inputs(specs):
-        yield from read_file(file, specs[file.spec_index], batch_rows)
+        for table in read_file(file, specs[file.spec_index], batch_rows):
+            yield make_unique(table, claims.claim)

@@ -16,7 +16,9 @@ input are unchanged; a stage that runs makes every later stage stale.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
 import re
@@ -45,7 +47,9 @@ from operators.base import (
 from pipeline import stats as stats_lib
 from pipeline import storage
 from pipeline.config import PipelineConfig, StageSpec
-from pipeline.errors import KilnError, StageError
+from pipeline.errors import ConfigError, KilnError, StageError
+from pipeline.ids import IdClaims, make_unique
+from pipeline.lock import RunLock
 from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 
 log = logging.getLogger("kiln")
@@ -64,16 +68,60 @@ def default_object_store_bytes() -> int:
     return int(min(total * 0.25, 4 << 30))
 
 
+# Run by a small watchdog process beside a local Ray: it blocks on a pipe from the driver and,
+# when the pipe closes (the driver ended, or was killed with kill -9), kills the Ray processes
+# the driver started that are still alive. The raylet and GCS die with the driver, but Ray's
+# DashboardAgent and RuntimeEnvAgent (~240 MB) otherwise live on for minutes. Each process is
+# checked by its start time, so a reused pid is never hit. SIGINT is ignored: Ctrl-C reaches
+# the whole terminal group, and the watchdog must outlive the driver to clean up after it.
+_REAPER = """
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+procs = json.loads(sys.argv[1])
+sys.stdin.read()
+import psutil
+for pid, created in procs:
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - created) < 0.01:
+            proc.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def _start_reaper() -> Any:
+    """The watchdog for the Ray processes this driver has started (see _REAPER)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    procs = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(child.cmdline())
+            if "ray::" in command or "/ray/" in command:  # Ray's own, not other children of a host process
+                procs.append((child.pid, child.create_time()))
+    return subprocess.Popen([sys.executable, "-c", _REAPER, json.dumps(procs)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @dataclass
 class RaySession:
     started_here: bool
     num_cpus: int
+    reaper: Any = None
 
     def close(self) -> None:
         if self.started_here:
             import ray
 
             ray.shutdown()
+        if self.reaper is not None:
+            self.reaper.stdin.close()  # the watchdog stops what ray.shutdown left
+            with contextlib.suppress(Exception):
+                self.reaper.wait(timeout=30)
 
 
 def check_reachable(address: str, timeout: float = 10.0) -> None:
@@ -93,6 +141,34 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
                         "head up, and is this its GCS address (HEAD:6379) or client address (ray://HEAD:10001)?") from None
 
 
+def check_token(address: str) -> None:
+    """Ask the GCS once whether it takes this driver's token: ray.init would retry a refused
+    token for ~20 s, print a warning a second, and then say it cannot reach the cluster."""
+    if address == "auto" or "://" in address:
+        return
+    try:
+        from ray._raylet import GcsClient  # private; without it ray.init reports the problem
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return
+    saved_stderr, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # the GCS client logs the refusal from C++ as well; kiln says it once
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        has_token = any(os.environ.get(v) for v in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
+        problem = "refused this driver's token" if has_token else "needs a token and this driver has none"
+        raise KilnError(f"the Ray cluster at {address} answers but {problem} (token authentication is on): set "
+                        "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+                        "(`ray get-auth-token` on the head prints it)") from None
+    except Exception:  # anything else: ray.init says what it is
+        return
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+
+
 def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: int | None = None,
                 progress: bool = True) -> RaySession:
     """Start a local Ray with the configured CPUs and a capped object store, or join an
@@ -109,6 +185,7 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
         try:
             if address:
                 check_reachable(address)
+                check_token(address)
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
             else:
                 ray.init(
@@ -125,6 +202,7 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
             raise KilnError(f"the Ray cluster at {address} refused to connect: {str(e).split('. ')[0]}; set "
                             "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
         started = True
+    reaper = _start_reaper() if started and not address else None
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -132,8 +210,37 @@ def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: in
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    _quiet_ray_data_console()
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return RaySession(started_here=started, num_cpus=cpus)
+    return RaySession(started_here=started, num_cpus=cpus, reaper=reaper)
+
+
+class _NoTracebacksOnConsole(logging.Filter):
+    """Ray Data logs a failed task's traceback two or three times (~175 lines) before the
+    driver sees the error; kiln then says what failed in one line. Those records stay in
+    Ray's session log (ray-data.log, named in the error) and are kept off the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _quiet_ray_data_console() -> None:
+    from ray.data._internal.logging import configure_logging
+
+    configure_logging()  # Ray Data sets up its handlers once; the filter goes on its console one
+    for handler in logging.getLogger("ray.data").handlers:
+        is_console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if is_console and not any(isinstance(f, _NoTracebacksOnConsole) for f in handler.filters):
+            handler.addFilter(_NoTracebacksOnConsole())
+
+
+def _ray_logs_dir() -> str:
+    try:
+        import ray
+
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:  # a private API: the message just says less without it
+        return "Ray's session logs"
 
 
 # --------------------------------------------------------------------------- reading
@@ -166,7 +273,9 @@ def _group_by_size(items: list[Any], sizes: list[int], target: int) -> list[list
     return groups
 
 
-def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int) -> Iterator[pa.Table]:
+def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claims: Any) -> Iterator[pa.Table]:
+    import ray
+
     for file, spec in group:
         batches = read_file(file, spec, batch_rows)
         while True:
@@ -174,6 +283,7 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int) -> It
             table = next(batches, None)
             if table is None:
                 break
+            table = make_unique(table, lambda ids: ray.get(claims.claim.remote(ids)))
             per_row = (time.perf_counter() - started) / max(1, table.num_rows)
             yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
 
@@ -209,14 +319,15 @@ def _file_groups_dataset(groups: list[list[Any]], sizes: list[int], read: Callab
     return read_datasource(FileGroups())
 
 
-def read_inputs_dataset(config: PipelineConfig, num_cpus: int):
+def read_inputs_dataset(config: PipelineConfig, num_cpus: int, claims: Any):
+    """The inputs as one Dataset; `claims` (an IdClaims actor) makes ids unique across tasks."""
     files = expand_inputs(config.inputs)
     pairs = [(f, config.inputs[f.spec_index]) for f in files]
     total = sum(f.size for f in files)
     target = max(1 << 20, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
     groups = _group_by_size(pairs, [f.size for f in files], target)
     sizes = [sum(f.size for f, _ in g) for g in groups]
-    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size)
+    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=claims)
     return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA)
 
 
@@ -475,6 +586,57 @@ def check_uri_operators(config: PipelineConfig, run_dir: str) -> None:
                                 "data/ folder")
 
 
+# --------------------------------------------------------------------------- before Ray starts
+# Everything a user can fix is checked before Ray starts, one line each with its YAML path.
+
+
+def check_operator_inputs(config: PipelineConfig, stages: list[int]) -> None:
+    """The files every operator of the stages to run will read (Operator.check_inputs)."""
+    problems = [f"{spec.where}.{key}: {message}"
+                for index in stages for spec in config.stages[index].ops
+                for key, message in spec.build().check_inputs()]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def check_output_writable(run_dir: Path | storage.Location) -> None:
+    """run.output can be made and written: not read-only, permitted, and not under a file."""
+    if storage.is_uri(run_dir):
+        return  # an object store answers only when written to; the first stage says so
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".kiln-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        if isinstance(e, (NotADirectoryError, FileExistsError)):
+            reason = "a file is in the way of this folder"
+        raise ConfigError(f"run.output: cannot write the run folder {run_dir}: {reason}") from None
+
+
+# Parquet stage folders hold about half a stage's input text (compressed), global operators'
+# scratch as much again; compressed inputs are counted at 4x, parquet inputs at 3x.
+STAGE_BYTES_PER_INPUT_BYTE = 0.5
+
+
+def estimate_run_bytes(files: list[InputFile], stages: int) -> int:
+    raw = sum(f.size * (4 if f.compression else 3 if f.format == "parquet" else 1) for f in files)
+    return int(raw * STAGE_BYTES_PER_INPUT_BYTE * stages)
+
+
+def check_free_space(run_dir: Path | storage.Location, files: list[InputFile], stages: int) -> None:
+    if storage.is_uri(run_dir):
+        return
+    import shutil
+
+    need, free = estimate_run_bytes(files, stages), shutil.disk_usage(run_dir).free
+    if free < need:
+        raise ConfigError(f"run.output: {run_dir} has {free / 1e9:.2f} GB free, but the {stages} stage(s) to run "
+                          f"need about {need / 1e9:.2f} GB (half the inputs' uncompressed size per stage); free "
+                          "space or point run.output elsewhere")
+
+
 class Runner:
     def __init__(self, config: PipelineConfig, request: RunRequest, echo: Callable[[str], None] = print) -> None:
         self.config = config
@@ -484,29 +646,40 @@ class Runner:
         self.dirs = stage_dirs(config, request.analyze)
 
     def run(self) -> dict[str, Any]:
-        expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
+        files = expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
         if storage.is_uri(self.run_dir):
             check_uri_operators(self.config, str(self.run_dir))
         planned = plan(self.config, self.request)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in storage.clean_stale_tmp(self.run_dir):
-            self.echo(f"removed the unfinished stage folder {name} left by an interrupted run")
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.raw, allow_unicode=True, sort_keys=False))
-        planned_index = dict(planned)
-        names = [s.name for s in self.config.stages]
-        last = names.index(self.request.until) if self.request.until else len(names) - 1
-        for i in range(last + 1):
-            if i not in planned_index and storage.is_finished(self.dirs[i]):
-                self.echo(f"  skip {self.dirs[i].name}: finished (use --redo to run it again)")
+        check_operator_inputs(self.config, [i for i, _ in planned])
+        check_output_writable(self.run_dir)
         if planned:
+            check_free_space(self.run_dir, files, len(planned))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.run_dir, self.echo):  # one run per folder (pipeline/lock.py)
+            # Only the lock's holder may take .tmp- folders for leftovers of an interrupted run.
+            for name in storage.clean_stale_tmp(self.run_dir):
+                self.echo(f"removed the unfinished stage folder {name} left by an interrupted run")
+            planned_index = dict(planned)
+            names = [s.name for s in self.config.stages]
+            last = names.index(self.request.until) if self.request.until else len(names) - 1
+            for i in range(last + 1):
+                if i not in planned_index and storage.is_finished(self.dirs[i]):
+                    self.echo(f"  skip {self.dirs[i].name}: finished (use --redo to run it again)")
+            if not planned:
+                self._write_config()
+                return self.write_run_stats()
             session = connect_ray(self.config, self.request.address, self.request.num_cpus, self.request.progress)
+            self._write_config()  # only once the cluster answered: a failed connect leaves no trace
             try:
                 for i, reason in planned:
                     self._run_stage(i, reason, session.num_cpus)
             finally:
                 session.close()
                 self.write_run_stats()
-        return self.write_run_stats()
+            return self.write_run_stats()
+
+    def _write_config(self) -> None:
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.raw, allow_unicode=True, sort_keys=False))
 
     def write_run_stats(self) -> dict[str, Any]:
         stages = [storage.read_json(d / storage.STATS) for d in self.dirs if storage.is_finished(d)]
@@ -532,9 +705,16 @@ class Runner:
         except Exception as e:  # a failed Ray task, an operator bug: keep earlier stages, explain
             storage.remove_tree(tmp_dir)
             raise StageError(f"stage {final_dir.name} failed, nothing of it was kept (finished stages are): "
-                             f"{_root_cause(e)}") from e
+                             f"{_root_cause(e)} (full trace in {_ray_logs_dir()}/ray-data/ray-data.log)") from e
         seconds = time.time() - started
         st = self._stage_stats(index, stage, counts, extra, labels, seconds, started, upstream)
+        if st["docs_in"] != st["docs_out"] + st["rejected_total"]:
+            # An operator or a join lost or doubled rows: never publish such a stage.
+            storage.remove_tree(tmp_dir)
+            raise StageError(f"stage {final_dir.name} does not add up, nothing of it was kept: {st['docs_in']:,} in "
+                             f"but {st['docs_out']:,} kept + {st['rejected_total']:,} rejected "
+                             f"({', '.join(f'{k} {v:,}' for k, v in st['rejected'].items()) or 'no rejections'}); "
+                             "this is a kiln bug, please report it with the config")
         storage.write_json(tmp_dir / storage.STATS, st)
         (tmp_dir / storage.SUCCESS).write_text(_now() + "\n")
         storage.publish(tmp_dir, final_dir)
@@ -551,7 +731,12 @@ class Runner:
         ops = _label_operators(stage)
         labels = ([(READ_OP, READ_OP, "reader")] if index == 0 else []) + [(op.label, op.name, op.kind) for op, _ in ops]
         if index == 0:
-            ds = read_inputs_dataset(self.config, num_cpus)
+            import ray
+
+            # One actor holds the ids read so far, for every read task (pipeline/ids.py); it
+            # goes with the driver's job. num_cpus=0: it must never wait for a CPU.
+            claims = ray.remote(num_cpus=0)(IdClaims).remote()
+            ds = read_inputs_dataset(self.config, num_cpus, claims)
         else:
             ds = read_stage_dataset(self.dirs[index - 1] / storage.DATA, batch_size, num_cpus)
         ds = ds.map_batches(_stage_start, batch_format="pyarrow", batch_size=batch_size)
@@ -598,6 +783,8 @@ class Runner:
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         storage.remove_tree(tmp_dir / "_work")
+        if index == 0:
+            ray.kill(claims)
         return sink_counts, extra, labels
 
     def _stage_stats(self, index: int, stage: StageSpec, sink_counts: list[dict[str, Any]], extra: dict[str, Any],

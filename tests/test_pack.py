@@ -195,9 +195,20 @@ def test_encode_batch_table_accounts_for_every_row(tok_dir):
     assert [(g["bucket"], g["source"], g["docs"]) for g in groups] == [(1, "unknown", 1), (2, "web", 1)]
     assert table.column("type").to_pylist() == ["", "qa"]
     assert groups[1]["tokens_by_lang"] == {"en": stat[0] + 2}
-    bad = batch.set_column(4, "meta", pa.array([json.dumps({"bucket": "hard"})] * 4))
-    with pytest.raises(K.FieldError, match="bucket"):
-        K.encode_batch_table(bad, params, tok, special)
+    # Issue 17 item 4: one bad bucket value failed the whole stage; now it rejects its row.
+    bad = batch.set_column(4, "meta", pa.array([json.dumps({"bucket": b}) for b in ("../../x", 1e12, -1, 3)]))
+    out = K.encode_batch_table(bad, params, tok, special)
+    assert out.reasons.to_pylist() == ["bad_bucket", "bad_bucket", None, None]  # row 2 was rejected before
+    assert "got '../../x'" in out.details[0].as_py() and "got '1000000000000.0'" in out.details[1].as_py()
+    assert [g["bucket"] for g in K.group_token_table([out.token_table])[1]] == [3]
+    as_column = batch.append_column("bucket", pa.array([1, 2, 3, 10**12], pa.int64()))
+    out = K.encode_batch_table(as_column, K.TokenizePackParams(tokenizer=str(tok_dir), prefix_chars_field="p"),
+                               tok, special)
+    assert out.reasons.to_pylist() == [None, "no_tokens", None, "bad_bucket"]
+    prefixed = batch.append_column("p", pa.array(["x", "2", None, "3"]))
+    out = K.encode_batch_table(prefixed, K.TokenizePackParams(tokenizer=str(tok_dir), prefix_chars_field="p"),
+                               tok, special)
+    assert out.reasons.to_pylist()[0] == "bad_prefix_chars"
 
 
 def test_params_are_checked():

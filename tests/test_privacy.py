@@ -378,3 +378,24 @@ def test_example_config_runs_end_to_end(shared_data, run_config, tmp_path):
         assert column in kept.column_names, column
     stage_stats = json.loads((stage / "stats.json").read_text())
     assert stage_stats["docs_in"] == len(docs) and stage_stats["docs_out"] == kept.num_rows
+
+
+def test_public_dns_addresses_with_one_digit_groups_are_masked():
+    """Issue 17 item 9: 10.0.0.1 was masked, 8.8.8.8 and 1.1.1.1 left as they were."""
+    out = mask(["DNS 8.8.8.8 and 1.1.1.1 are public; server at 10.0.0.1"]).column("text").to_pylist()
+    assert out == ["DNS <IP> and <IP> are public; server at <IP>"]
+    assert found("域名解析用 9.9.9.9 即可") == [("ip", "9.9.9.9")]
+    assert found("预测 1.4.5.8 号") == []  # list numbering, no address word before it
+    assert found("ping 0.0.0.0") == [("ip", "0.0.0.0")]  # the shortest IPv4 form
+
+
+@pytest.mark.parametrize("kind,text", [
+    ("email", "a@b.co"),
+    ("ip", "1.2.3.40"), ("ip", "fe80::1"),
+    ("id_number", "11010519491231002X"),
+    ("bank_card", "4222222222222"),  # 13 digits, Visa prefix, Luhn
+    ("phone", "13812345678"), ("phone", "010-2345678"), ("phone", "+1 234 5678"), ("phone", "(415) 555-2671"),
+])
+def test_every_detector_finds_its_shortest_valid_form(kind, text):
+    """Each detector's digit window and validation must let its shortest valid item through."""
+    assert found(f"x {text} y") == [(kind, text)]

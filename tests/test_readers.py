@@ -147,3 +147,44 @@ def test_real_reviews_file_reads_every_line(shared_data):
     expected = sum(1 for line in path.read_bytes().splitlines() if line.strip())
     assert table.num_rows == expected
     assert table.column("reject_reason").null_count == table.num_rows
+
+
+def test_a_repeated_id_is_renamed_within_a_file_and_across_files(tmp_path):
+    """Issue 17 item 1: two records with one id (same file, or two files of one source) used
+    to keep the id twice, and decisions joined back by id were corrupted."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    line = json.dumps({"id": "x", "text": "the same line twice"}) + "\n"
+    (tmp_path / "a/part.jsonl").write_text(line + line + json.dumps({"id": "x#2", "text": "a real x#2"}) + "\n")
+    (tmp_path / "b/part.jsonl").write_text(line)
+    specs = [InputSpec(path=str(tmp_path / "a"), source="web", id_field="id"),
+             InputSpec(path=str(tmp_path / "b"), source="web", id_field="id")]
+    ids = pa.concat_tables(read_inputs(specs)).column("id").to_pylist()
+    assert ids == ["web:x", "web:x#3", "web:x#2", "web:x#4"]  # a real x#2 keeps its id
+    assert len(set(ids)) == len(ids)
+
+
+def test_id_claims_hold_many_ids_and_find_repeats_across_batches():
+    from pipeline.ids import IdClaims
+
+    claims = IdClaims()
+    for start in range(0, 200_000, 4096):
+        assert claims.claim([f"doc{i}" for i in range(start, min(start + 4096, 200_000))]) == {}
+    assert len(claims) == 200_000 and len(claims.runs) <= 18
+    assert claims.claim(["new", "doc7", "doc199999", "new"]) == {1: "doc7#2", 2: "doc199999#2", 3: "new#2"}
+    assert claims.claim(["doc7"]) == {0: "doc7#3"}
+
+
+@pytest.mark.parametrize("suffix,opener", [("jsonl", open), ("jsonl.gz", gzip.open)])
+def test_a_utf8_bom_does_not_reject_the_first_line(tmp_path, suffix, opener):
+    """Issue 17 item 5: a BOM made the first (good) record `read/malformed_json`."""
+    path = tmp_path / f"bom.{suffix}"
+    with opener(path, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + json.dumps({"id": 1, "text": "first"}).encode() + b"\r\n")
+        f.write(json.dumps({"id": 2, "text": "second"}).encode() + b"\r\n")
+    table = read(tmp_path, path=str(path), id_field="id")
+    assert table.column("text").to_pylist() == ["first", "second"]
+    assert table.column("reject_reason").null_count == 2
+    for mode in ("lines", "file"):
+        (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfa plain text line\n")
+        assert read(tmp_path, path=str(tmp_path / "bom.txt"), txt_mode=mode).column("text").to_pylist()[0].startswith("a plain")

@@ -248,3 +248,46 @@ def test_an_unreachable_cluster_address_fails_fast():
         check_reachable(f"ray://127.0.0.1:{port}")
     assert time.monotonic() - started < 10
     check_reachable("auto")  # left to Ray
+
+
+def test_repeated_ids_across_files_and_read_tasks_become_unique_and_dedup_adds_up(run_config, tmp_path, shared_data):
+    """Issue 17 item 1: the same id twice (two identical lines, and in two files read by
+    different tasks) was kept twice by stage 1, then exact_dedup said `25 in -> 25 kept,
+    2 rejected` and `kiln run` exited 0."""
+    lines = (shared_data / "zh_uer_corpora/corpora/CLUECorpusSmall_sampled.txt").read_text().splitlines()[:20]
+    (tmp_path / "in").mkdir()
+    records = [json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) for i, t in enumerate(lines)]
+    (tmp_path / "in/a.jsonl").write_text("\n".join(records + records[:2]) + "\n")
+    (tmp_path / "in/b.jsonl").write_text("\n".join(records[:3]) + "\n")
+    config = {"ray": {"batch_size": 4},
+              "inputs": [{"path": str(tmp_path / "in"), "source": "web", "id_field": "id"}],
+              "stages": [{"name": "read", "ops": [{"normalize": {}}]},
+                         {"name": "dedup", "ops": [{"exact_dedup": {}}]}]}
+    stats, run_dir = run_config(config)
+    second = stats["stages"][1]
+    ids = storage.read_table(run_dir / "01-read/data", ["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 25
+    assert sum(i.endswith("#2") for i in ids) == 3 and sum(i.endswith("#3") for i in ids) == 2
+    assert (second["docs_in"], second["docs_out"], second["rejected_total"]) == (25, 20, 5)
+    assert all(c.ok for c in verify_run(run_dir)), [c.problems for c in verify_run(run_dir)]
+
+
+@register
+class DoubleRows(GlobalOperator):
+    """A buggy global operator: returns every row twice."""
+
+    name = "test_double_rows"
+
+
+@global_executor("test_double_rows")
+def _run_double_rows(op, ds, ctx):
+    return ds.union(ds)
+
+
+def test_a_stage_whose_counts_do_not_add_up_fails_and_is_not_published(run_config, corpus):
+    config = pipeline_config(corpus)
+    config["stages"][1]["ops"].insert(0, {"test_double_rows": {}})
+    with pytest.raises(StageError, match=r"stage 02-filter does not add up.*in but .* kept \+ .* rejected"):
+        run_config(config)
+    run_dir = next(p for p in corpus.parent.iterdir() if p.name == "run")
+    assert storage.is_finished(run_dir / "01-clean") and not (run_dir / "02-filter").exists()

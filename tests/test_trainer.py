@@ -488,3 +488,58 @@ def test_cli_prints_one_line_for_bad_input(tmp_path, capsys):
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kiln train: error:") and "make demo" in err[0]
+
+
+# ---------------------------------------------------------------------------- issue 17: tokenizer and shards
+
+
+def _swap_tokenizer(shards: Path, folder: Path, extra: list[str]) -> None:
+    shutil.rmtree(folder / "tokenizer")
+    F.save_tokenizer(folder / "tokenizer", extra=extra)
+
+
+def test_a_swapped_tokenizer_is_refused_with_one_line_naming_the_right_one(shards, tmp_path, capsys):
+    """Issue 17 item 3: another tokenizer in the shard folder trained without a word and
+    shipped in final/."""
+    bad = tmp_path / "shards"
+    shutil.copytree(shards, bad)
+    _swap_tokenizer(shards, bad, extra=["ab", "abc"])
+    with pytest.raises(InputError, match=r"is not the tokenizer the shards were packed with \(sha256 \w+, 29 tokens\): "
+                                         r"it has 31 tokens"):
+        run(bad, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps(F.train_config(bad, tmp_path / "run")))
+    from pipeline.cli import main
+
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the tokenizer the shards were packed with" in err[0]
+
+
+def test_an_edited_manifest_vocab_or_token_ids_beyond_it_are_refused(shards, tmp_path):
+    from tokenizers import Tokenizer, models
+
+    from trainer.shards import sha256_tree
+
+    bad = tmp_path / "shards"
+    shutil.copytree(shards, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["tokenizer"]["vocab_size"] = 40
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"has 29 tokens but .*manifest.json says 40"):
+        run(bad, tmp_path / "run")
+    # A 10-token tokenizer with a matching manifest: the shards' ids (up to 28) do not fit it.
+    Tokenizer(models.WordLevel({str(i): i for i in range(10)}, unk_token="0")).save(str(bad / "tokenizer/tokenizer.json"))
+    manifest["tokenizer"].update(vocab_size=10, sha256=sha256_tree(bad / "tokenizer"))
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"the shards hold token id 28, but the manifest's tokenizer has only 10 tokens"):
+        run(bad, tmp_path / "run")
+
+
+def test_a_deleted_shard_file_is_one_line(shards, tmp_path):
+    bad = tmp_path / "shards"
+    shutil.copytree(shards, bad)
+    (bad / "bucket-001" / "web-00000.arrow").unlink()
+    with pytest.raises(InputError, match=r"web-00000.arrow, listed in .*manifest.json, is missing"):
+        run(bad, tmp_path / "run")

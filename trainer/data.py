@@ -27,7 +27,7 @@ import torch
 
 from pipeline.errors import ConfigError, InputError
 from trainer.config import DataOptions, Phase
-from trainer.shards import Manifest, ShardFormatError, read_shard, validate_shards
+from trainer.shards import Manifest, ShardFormatError, check_tokenizer, read_shard, validate_shards
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ShardData:
                              "(produce shards with the pipeline's pack stage, e.g. `make demo`)")
         try:
             self.manifest: Manifest = validate_shards(self.folder, check_hashes=check_hashes)
+            check_tokenizer(self.folder, self.manifest)
         except ShardFormatError as e:
             raise InputError(str(e)) from None
         if not self.manifest.shards:
@@ -76,6 +77,13 @@ class ShardData:
             buckets.append(np.full(table.num_rows, info.bucket, dtype=np.int32))
             sources.append(np.array([info.source] * table.num_rows, dtype=object))
         self.rows = row
+        # Token ids beyond the tokenizer would index past the embedding (an IndexError deep
+        # in the model); say so here, naming the numbers.
+        top = max((int(chunk[1].max()) for chunk in self._chunks if chunk[1].size), default=-1)
+        if top >= self.manifest.tokenizer.vocab_size:
+            raise InputError(f"{self.folder}: the shards hold token id {top:,}, but the manifest's tokenizer has "
+                             f"only {self.manifest.tokenizer.vocab_size:,} tokens: shards and manifest.json do not "
+                             "belong together; pack the shards again")
         self.bucket = np.concatenate(buckets)
         self.source = np.concatenate(sources)
         self._starts = np.array([c[0] for c in self._chunks], dtype=np.int64)

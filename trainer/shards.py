@@ -272,6 +272,9 @@ def validate_shards(folder: str | os.PathLike, check_hashes: bool = True) -> Man
     manifest = Manifest.load(folder)
     for info in manifest.shards:
         path = folder / info.path
+        if not path.is_file():
+            raise ShardFormatError(f"shard {path}, listed in {folder / MANIFEST_NAME}, is missing: restore it, or pack "
+                                   "the shards again")
         if check_hashes and info.sha256 and sha256_file(path) != info.sha256:
             raise ShardFormatError(f"shard {path} does not match the manifest's sha256 (changed or corrupt)")
         table = read_shard(path)
@@ -281,3 +284,34 @@ def validate_shards(folder: str | os.PathLike, check_hashes: bool = True) -> Man
         if len(lengths) and (len(lengths) != 1 or lengths[0] != manifest.seq_len):
             raise ShardFormatError(f"shard {path} has sequence lengths {lengths.tolist()}, not {manifest.seq_len}")
     return manifest
+
+
+def tokenizer_vocab_size(folder: str | os.PathLike) -> int | None:
+    """Tokens of an HF tokenizer folder with added tokens, counted as tokenize_pack counts
+    them for the manifest; None when the folder has no tokenizer.json to count from."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
+
+
+def check_tokenizer(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """The tokenizer in the shard folder must be the one the shards were made with (the
+    manifest's sha256 and vocab size): another one trains on ids that mean other pieces and
+    ships the wrong tokenizer with the model. Raises ShardFormatError saying which to use."""
+    info = manifest.tokenizer
+    tok_dir = Path(folder) / info.path
+    wanted = f"the tokenizer the shards were packed with (sha256 {info.sha256[:12]}, {info.vocab_size:,} tokens)"
+    if not tok_dir.is_dir() or not any(tok_dir.iterdir()):
+        raise ShardFormatError(f"{tok_dir}, the manifest's tokenizer, is missing: put {wanted} there")
+    if info.sha256 and sha256_tree(tok_dir) != info.sha256:
+        vocab = tokenizer_vocab_size(tok_dir)
+        found = f"{vocab:,} tokens, " if vocab is not None else ""
+        raise ShardFormatError(f"{tok_dir} is not {wanted}: it has {found}sha256 {sha256_tree(tok_dir)[:12]}; use "
+                               "that tokenizer, or pack the shards again with this one")
+    vocab = tokenizer_vocab_size(tok_dir)
+    if vocab is not None and vocab != info.vocab_size:
+        raise ShardFormatError(f"{tok_dir} has {vocab:,} tokens but {folder}/{MANIFEST_NAME} says {info.vocab_size:,}: "
+                               f"the manifest was edited; use {wanted.split(' (')[0]}, or pack the shards again")

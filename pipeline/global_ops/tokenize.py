@@ -43,7 +43,13 @@ from operators.tokenize import (
 )
 from pipeline import storage
 from pipeline.errors import ConfigError, KilnError, StageError
-from pipeline.global_ops import DECISION_REASON, GlobalContext, apply_decisions, global_executor
+from pipeline.global_ops import (
+    DECISION_DETAIL,
+    DECISION_REASON,
+    GlobalContext,
+    apply_decisions,
+    global_executor,
+)
 from trainer.shards import Manifest, ShardInfo, TokenizerInfo, sha256_tree
 
 TOKENIZER_DIR = "tokenizer"
@@ -84,6 +90,8 @@ def _encode_sink(rows_dir: Path, token_dir: Path, op: TokenizePack, tokenizer_di
                     encoded = encode_batch_table(batch, op.params, tokenizer, special)
                     batch = set_column(batch, TOKENS_STAT, encoded.tokens_stat)
                     batch = batch.append_column(DECISION_REASON, encoded.reasons)
+                    if encoded.details is not None:
+                        batch = batch.append_column(DECISION_DETAIL, encoded.details)
                     row_parts.append(apply_decisions(batch, op.label, analyze))
                     token_parts.append(encoded.token_table)
             name = f"part-{ctx.task_idx:05d}"
