@@ -1,8 +1,8 @@
 """Dedup benchmark: accuracy against exact Jaccard, signature throughput, and end-to-end time
 and memory of kiln's minhash_dedup beside a datasketch MinHash + MinHashLSH loop and rensa.
 
-    make bench-dedup                                   # 100k documents, accuracy, peers
-    python benchmarks/bench_dedup.py --docs 100000 1000000 --json out.json
+    make bench-dedup                                   # 100k and 1M documents, accuracy, peers
+    python benchmarks/bench_dedup.py --docs 100000 1000000 --exact --work runs/bench-dedup --json out.json
 
 Accuracy: predicted duplicate pairs are the pairs of documents kiln puts in one cluster.
 They are scored against exact Jaccard on the same shingles (kiln's 32-bit shingle hashes,
@@ -12,12 +12,14 @@ components promise), "direct" only when the pair itself is. Corpora: the Clough 
 short answers (../shared/data/neardup_clough_stevenson) and a planted corpus from
 benchmarks/dedup_corpus.py (English and Chinese, edits at known rates, chains).
 
-Speed: signatures per CPU second (documents per second per core) (kiln's vectorized batches; datasketch's and
+Speed: signatures per CPU second (documents per second per core) (kiln's batches; datasketch's and
 rensa's per-document loops with a plain Python shingler, as a user writes them), then the
-whole `kiln run` of a one-stage minhash_dedup config (read, dedup, write, accounting) on the
-planted corpora, with the driver's peak RSS and the peak PSS of the driver and its Ray
-processes; the peers run the usual streaming loop (query the LSH index, insert if new) in a
-subprocess each, on the same documents and shingles.
+whole `kiln run` of a one-stage minhash_dedup config (read, dedup, write, accounting; with
+--exact also one of exact_dedup) on the planted corpora, each a `kiln run` subprocess of its
+own, with its driver's peak RSS and the peak total memory (PSS) of all its processes (driver,
+raylet, GCS, workers) sampled twice a second; the peers run the usual streaming loop (query
+the LSH index, insert if new) in a subprocess each, on the same documents and shingles.
+Corpora are generated once into --work and reused.
 """
 
 from __future__ import annotations
@@ -73,72 +75,89 @@ def python_shingles(text: str) -> list[str]:
 # --------------------------------------------------------------------------- memory sampling
 
 
-class MemorySampler:
-    """Peak RSS of this process and peak PSS of this process plus its descendants (the local
-    Ray cluster it started), sampled every `interval` seconds."""
+class TreeMemorySampler:
+    """Peak RSS of one process (a `kiln run` subprocess: kiln's driver) and peak total memory
+    of it and all its descendants (the local Ray cluster it starts: raylet, GCS, workers),
+    sampled every `interval` seconds. Total memory is the sum of PSS (proportional set size:
+    shared pages such as the object store counted once across processes), or of RSS where
+    PSS cannot be read."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
         import psutil
 
         self.psutil = psutil
+        self.root = psutil.Process(pid)
         self.interval = interval
         self.driver_rss = 0
         self.tree_pss = 0
+        self.tree_processes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        me = self.psutil.Process()
-        self.driver_rss = max(self.driver_rss, me.memory_info().rss)
+        try:
+            self.driver_rss = max(self.driver_rss, self.root.memory_info().rss)
+            processes = [self.root, *self.root.children(recursive=True)]
+        except self.psutil.Error:
+            return
         total = 0
-        for proc in [me, *me.children(recursive=True)]:
+        for proc in processes:
             try:
                 total += proc.memory_full_info().pss
             except (self.psutil.Error, AttributeError):
-                continue
-        self.tree_pss = max(self.tree_pss, total)
+                try:
+                    total += proc.memory_info().rss
+                except self.psutil.Error:
+                    continue
+        if total > self.tree_pss:
+            self.tree_pss, self.tree_processes = total, len(processes)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> MemorySampler:
+    def start(self) -> TreeMemorySampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample()
 
 
 # --------------------------------------------------------------------------- kiln runs
 
 
-def run_kiln(parquet: Path, out: Path, params: dict, num_cpus: int, object_store: int) -> tuple[dict, float, MemorySampler]:
-    """`kiln run` of a one-stage minhash_dedup config, in this process (the driver)."""
-    import ray
+def run_kiln(parquet: Path, out: Path, params: dict, num_cpus: int, object_store: int,
+             ops: list[dict] | None = None) -> tuple[dict, float, TreeMemorySampler]:
+    """The whole `kiln run` of a one-stage dedup config, as a user runs it: a subprocess of
+    its own (so its driver's memory is its own), with the memory of its process tree sampled."""
+    import yaml
 
-    from pipeline.config import parse_config
-    from pipeline.runner import RunRequest, run_pipeline
-
-    config = parse_config({
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
         "run": {"name": "bench-dedup", "output": str(out)},
         "ray": {"num_cpus": num_cpus, "object_store_memory": object_store},
         "inputs": [{"path": str(parquet), "source": "bench", "id_field": "id"}],
-        "stages": [{"name": "dedup", "ops": [{"minhash_dedup": params}]}],
-    })
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    with MemorySampler() as memory:
-        started = time.perf_counter()
-        ray.init(num_cpus=num_cpus, object_store_memory=object_store, include_dashboard=False,
-                 logging_level="ERROR", runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
-        try:
-            stats = run_pipeline(config, RunRequest(progress=False, redo=True), echo=lambda _: None)
-        finally:
-            ray.shutdown()
-        seconds = time.perf_counter() - started
+        "stages": [{"name": "dedup", "ops": ops or [{"minhash_dedup": params}]}],
+    }
+    config_path = out / "bench-dedup.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())",
+               "run", str(config_path), "--redo", "--no-progress"]
+    started = time.perf_counter()
+    with open(out / "kiln-run.log", "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        memory = TreeMemorySampler(process.pid).start()
+        code = process.wait()
+        memory.stop()
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"kiln run failed ({code}); see {out / 'kiln-run.log'}")
+    stats = json.loads((out / "stats.json").read_text())
     return stats["stages"][0], seconds, memory
 
 
@@ -211,26 +230,22 @@ def score(predicted_labels: list, true_pairs: set[tuple[int, int]]) -> dict:
 
 
 def local_clusters(ids: list[str], texts: list[str], params: kernels.MinHashParams) -> dict[str, str | None]:
-    """minhash_dedup's decisions computed in this process with the executor's own block
-    functions on one partition (the distributed run applies the same functions to hash
-    partitions, which does not change the result): id -> cluster (survivor id) or None."""
+    """minhash_dedup's decisions computed in this process with the functions of its gathered
+    form (the one `kiln run` takes below ray.global_memory; the distributed form gives the
+    same clusters, tests/test_dedup.py checks it): id -> cluster (survivor id) or None."""
+    from pipeline.global_ops import ROW_KEY
     from pipeline.global_ops import dedup as executors
 
-    num_perm = params.num_perm
+    batch = pa.table({"id": ids, "text": texts, ROW_KEY: np.arange(len(ids), dtype=np.int64)})
+    nodes = executors._signature_rows(batch, params)
+    sigs = kernels.signatures_from_bytes(nodes.column("sig"), params.num_perm)
     bands, rows = params.band_rows
-    sigs = executors._signature_rows(pa.table({"id": ids, "text": texts}), params)
-    edges = executors._bucket_edges(executors._band_rows(sigs, bands, rows, num_perm))
-    edges = executors._unique_pairs(edges, "a", "b")
-    joined = executors._attach_signatures(pa.concat_tables([executors._endpoint_rows(edges, num_perm),
-                                                            executors._node_rows(sigs, num_perm)]))
-    pairs = executors._verify_pairs(joined, num_perm, params.threshold if params.verify else None)
-    table = pa.table({"x": pairs.column("u"), "y": pairs.column("v")})
-    while True:
-        large = executors._large_star(executors._both_directions(table))
-        table, summary = executors._count_unstable(executors._small_star(executors._orient_larger_first(large)))
-        if summary["unstable"] == 0:
-            break
-    decisions = executors._cluster_decisions(table, params.threshold)
+    a, b = executors._star_edges_by_band(kernels.band_keys(sigs, bands, rows), nodes.column("node").to_numpy(),
+                                         nodes.column("earlier").to_numpy(zero_copy_only=False))
+    if params.verify_threshold is not None:
+        keep = executors._verified(sigs, a, b, params.verify_threshold)
+        a, b = a[keep], b[keep]
+    decisions = executors._component_decisions(nodes, a, b, params.threshold)
     clusters: dict[str, str | None] = dict.fromkeys(ids)
     clusters.update(zip(decisions.column("id").to_pylist(), decisions.column("dup_cluster").to_pylist()))
     return clusters
@@ -350,7 +365,7 @@ def signature_throughput(table: pa.Table, sample: int) -> list[dict]:
             RMinHash.digest_matrix_from_token_sets([python_shingles(t) for t in texts[start:min(n, start + 1024)]],
                                                    NUM_PERM, 1)
 
-    timed("kiln signatures (vectorized batches of 1024)", kiln_batches, len(texts))
+    timed("kiln signatures (batches of 1024, numba kernel)", kiln_batches, len(texts))
     timed("datasketch MinHash per document (SHA-1, update_batch)", datasketch_loop, sample)
     timed("datasketch MinHash per document (kiln's H, equal signatures)", datasketch_kiln_hash, sample)
     if _has("rensa"):
@@ -425,7 +440,7 @@ def run_peer(tool: str, parquet: Path, limit: int) -> dict:
 
 
 def end_to_end(work: Path, docs: int, peers: list[str], peer_max_docs: int, num_cpus: int, object_store: int,
-               pool) -> list[dict]:
+               pool, exact: bool = False) -> list[dict]:
     parquet = work / f"corpus-{docs}.parquet"
     if not parquet.exists():
         started = time.perf_counter()
@@ -434,19 +449,33 @@ def end_to_end(work: Path, docs: int, peers: list[str], peer_max_docs: int, num_
     rows = []
     stage, seconds, memory = run_kiln(parquet, work / f"run-{docs}", {"save_index": False}, num_cpus, object_store)
     extra = stage["extra"]["minhash_dedup"]
-    rows.append({"docs": docs, "tool": f"kiln minhash_dedup ({num_cpus} CPUs, Ray)", "seconds": round(seconds, 1),
+    rows.append({"docs": docs, "tool": f"kiln minhash_dedup ({num_cpus} CPUs, Ray), whole `kiln run`",
+                 "seconds": round(seconds, 1), "stage_seconds": stage["seconds"],
                  "docs_per_s": round(docs / seconds, 1), "removed": extra["docs_removed"],
-                 "driver_peak_rss_mb": round(memory.driver_rss / 2**20), "peak_pss_mb": round(memory.tree_pss / 2**20),
-                 "phases": extra.get("phase_seconds"), "cc_rounds": extra.get("cc_rounds")})
+                 "execution": extra.get("execution"), "driver_peak_rss_mb": round(memory.driver_rss / 2**20),
+                 "all_processes_peak_pss_mb": round(memory.tree_pss / 2**20),
+                 "processes_at_peak": memory.tree_processes, "phases": extra.get("phase_seconds"),
+                 "load_average": os.getloadavg()})
     print(json.dumps(rows[-1]), flush=True)
+    if exact:
+        stage, seconds, memory = run_kiln(parquet, work / f"exact-{docs}", {}, num_cpus, object_store,
+                                          ops=[{"exact_dedup": {}}])
+        extra = stage["extra"]["exact_dedup"]
+        rows.append({"docs": docs, "tool": f"kiln exact_dedup ({num_cpus} CPUs, Ray), whole `kiln run`",
+                     "seconds": round(seconds, 1), "stage_seconds": stage["seconds"],
+                     "removed": extra["docs_removed"], "execution": extra.get("execution"),
+                     "driver_peak_rss_mb": round(memory.driver_rss / 2**20),
+                     "all_processes_peak_pss_mb": round(memory.tree_pss / 2**20), "phases": extra.get("phase_seconds"),
+                     "load_average": os.getloadavg()})
+        print(json.dumps(rows[-1]), flush=True)
     for tool in peers:
         limit = min(docs, peer_max_docs) if tool == "datasketch" else docs
         result = run_peer(tool, parquet, limit)
         row = {"docs": docs, "tool": f"{tool} loop (1 process)", "seconds": round(result["seconds"], 1),
                "docs_per_s": round(result["docs"] / result["seconds"], 1), "removed": result["removed"],
-               "peak_rss_mb": round(result["max_rss"] / 2**20)}
+               "peak_rss_mb": round(result["max_rss"] / 2**20), "load_average": os.getloadavg()}
         if limit < docs:
-            row["note"] = f"ran on the first {limit:,} documents; {docs:,} would take ~{docs * result['seconds'] / limit:.0f} s"
+            row["note"] = f"ran on the first {limit:,} documents only"
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -463,6 +492,7 @@ def main() -> None:
     parser.add_argument("--peers", nargs="*", default=["datasketch", "rensa"])
     parser.add_argument("--peer-max-docs", type=int, default=200_000,
                         help="the datasketch loop runs on at most this many documents (it is slow)")
+    parser.add_argument("--exact", action="store_true", help="also a `kiln run` of exact_dedup on each corpus")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--object-store", type=int, default=3 << 30)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "kiln-bench-dedup")
@@ -485,7 +515,7 @@ def main() -> None:
     results["end_to_end"] = []
     for docs in args.docs:
         results["end_to_end"] += end_to_end(args.work, docs, peers, args.peer_max_docs, args.num_cpus,
-                                            args.object_store, pool)
+                                            args.object_store, pool, args.exact)
     results["load_average_at_end"] = os.getloadavg()
     results["self_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.json:

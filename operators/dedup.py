@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -122,15 +123,29 @@ class MinHashParams(SurvivorParams):
         None, gt=0.0, lt=1.0,
         description="threshold the bands and rows are chosen for; default threshold - 0.1 when verifying "
                     "(more candidates, then verified at `threshold`), else threshold")
-    verify: bool = Field(True, description="keep only candidate pairs whose signatures estimate Jaccard >= threshold")
+    verify: bool = Field(True, description="keep only candidate pairs whose signatures estimate Jaccard >= threshold "
+                                           "- verify_margin")
+    verify_margin: float = Field(
+        0.03, ge=0.0, lt=0.5,
+        description="signatures estimate Jaccard with a standard deviation of sqrt(J (1 - J) / num_perm), 0.035 "
+                    "at J = 0.8 with 128 values: pairs estimated up to this much below the threshold are kept, "
+                    "so that true pairs just above it are not lost (recall), at little cost in precision")
     shingle: Literal["auto", "word", "char"] = "auto"
     word_ngram: int = Field(5, ge=1, le=32)
     char_ngram: int = Field(5, ge=1, le=64)
     cjk_ratio: float = Field(0.3, ge=0.0, le=1.0,
                              description="auto without a language: character shingles from this share of CJK "
                                          "characters on (in the first 256 characters)")
+    # Shingle normalization, as exact_dedup's options; the defaults are kiln's fixed behaviour
+    # before these options existed (so earlier minhash indexes stay comparable).
     lowercase: bool = True
-    digits: Literal["keep", "zero"] = "keep"
+    digits: Literal["keep", "zero", "remove"] = "keep"
+    punctuation: Literal["keep", "remove"] = Field(
+        "remove", description="remove: punctuation and symbols are word separators (word shingles) or dropped "
+                              "(character shingles)")
+    whitespace: Literal["keep", "remove"] = Field(
+        "remove", description="character shingles: remove drops spaces and line breaks before taking n-grams")
+    unicode_form: Literal["none", "NFKC"] = Field("none", description="NFKC folds full-width forms first")
     min_tokens: int = Field(1, ge=1, description="documents with fewer words/characters are not compared")
     against: list[str] = Field(default_factory=list,
                                description="minhash_index folders of earlier runs: documents matching "
@@ -156,11 +171,22 @@ class MinHashParams(SurvivorParams):
             target = max(0.05, self.threshold - 0.1) if self.verify else self.threshold
         return optimal_bands_rows(target, self.num_perm, *self.weights)
 
+    @property
+    def verify_threshold(self) -> float | None:
+        """The estimated Jaccard a candidate pair must reach, or None without verification."""
+        return max(0.0, self.threshold - self.verify_margin) if self.verify else None
+
     def index_fingerprint(self) -> dict:
         """What must match for two runs' signatures to be comparable."""
-        return {"num_perm": self.num_perm, "seed": self.seed, "scheme": self.scheme, "shingle": self.shingle,
-                "word_ngram": self.word_ngram, "char_ngram": self.char_ngram, "cjk_ratio": self.cjk_ratio,
-                "lowercase": self.lowercase, "digits": self.digits, "hash": "kiln-xxh3-poly-v1"}
+        fingerprint = {"num_perm": self.num_perm, "seed": self.seed, "scheme": self.scheme, "shingle": self.shingle,
+                       "word_ngram": self.word_ngram, "char_ngram": self.char_ngram, "cjk_ratio": self.cjk_ratio,
+                       "lowercase": self.lowercase, "digits": self.digits, "hash": "kiln-xxh3-poly-v1"}
+        # Newer normalization options count only when they differ from the behaviour that
+        # indexes written before them had.
+        for name, default in (("punctuation", "remove"), ("whitespace", "remove"), ("unicode_form", "none")):
+            if getattr(self, name) != default:
+                fingerprint[name] = getattr(self, name)
+        return fingerprint
 
 
 @register
@@ -237,12 +263,18 @@ def shingle_hash(shingle: Sequence[str]) -> int:
 
 
 def _normalize_for_shingles(texts: pa.Array, params: MinHashParams) -> pa.Array:
-    """Word mode: lowercase, digits, punctuation and symbols to spaces (then split)."""
+    """Word mode: NFKC, lowercase, digits, punctuation and symbols to spaces (then split)."""
+    if params.unicode_form == "NFKC":
+        texts = pc.utf8_normalize(texts, "NFKC")
     if params.lowercase:
         texts = pc.utf8_lower(texts)
     if params.digits == "zero":
         texts = pc.replace_substring_regex(texts, r"\d", "0")
-    return pc.replace_substring_regex(texts, PUNCT_SYMBOL, " ")
+    elif params.digits == "remove":
+        texts = pc.replace_substring_regex(texts, r"\d+", "")
+    if params.punctuation == "remove":
+        texts = pc.replace_substring_regex(texts, PUNCT_SYMBOL, " ")
+    return texts
 
 
 def _codepoints(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -252,43 +284,57 @@ def _codepoints(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32), counts
 
 
+def _char_options(params: MinHashParams) -> tuple[bool, str, bool, bool]:
+    return params.lowercase, params.digits, params.punctuation == "remove", params.whitespace == "remove"
+
+
 @functools.lru_cache(maxsize=4)
-def _char_tables(lowercase: bool, zero_digits: bool) -> tuple[np.ndarray, np.ndarray]:
+def _char_tables(lowercase: bool, digits: str, drop_punctuation: bool,
+                 drop_whitespace: bool) -> tuple[np.ndarray, np.ndarray]:
     """Character mode normalization as lookup tables over the Basic Multilingual Plane:
-    what each character becomes (lowercase, digits to 0) and whether it is kept (not
-    punctuation, symbol, separator, control or format). Built once per process, so a batch
-    is normalized without a regex pass."""
+    what each character becomes (lowercase, digits to 0) and whether it is kept (by default
+    not punctuation, symbol, separator, control or format). Built once per process, so a
+    batch is normalized without a regex pass."""
     mapped = np.arange(0x10000, dtype=np.uint32)
     keep = np.ones(0x10000, dtype=bool)
     for code in range(0x10000):
-        keep[code], mapped[code] = _char_rule(code, lowercase, zero_digits)
+        keep[code], mapped[code] = _char_rule(code, lowercase, digits, drop_punctuation, drop_whitespace)
     return mapped, keep
 
 
-def _char_rule(code: int, lowercase: bool, zero_digits: bool) -> tuple[bool, int]:
+def _char_rule(code: int, lowercase: bool, digits: str, drop_punctuation: bool,
+               drop_whitespace: bool) -> tuple[bool, int]:
     char = chr(code)
     category = unicodedata.category(char)
-    keep = category[0] not in "PSZ" and category not in ("Cc", "Cf", "Cs")
+    keep = category not in ("Cf", "Cs")
+    if drop_punctuation and category[0] in "PS":
+        keep = False
+    if drop_whitespace and (category[0] == "Z" or category == "Cc"):
+        keep = False
     if lowercase:
         lower = char.lower()
         if len(lower) == 1:
             code = ord(lower)
-    if zero_digits and unicodedata.decimal(char, None) is not None:
+    if digits != "keep" and unicodedata.decimal(char, None) is not None:
         code = ord("0")
+        keep = keep and digits == "zero"
     return keep, code
 
 
 def _char_tokens(texts: pa.Array, params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
     """Character mode tokens (codepoints after normalization) and tokens per document."""
+    if params.unicode_form == "NFKC":
+        texts = pc.utf8_normalize(texts, "NFKC")
     codepoints, counts = _codepoints(texts)
-    mapped_table, keep_table = _char_tables(params.lowercase, params.digits == "zero")
+    options = _char_options(params)
+    mapped_table, keep_table = _char_tables(*options)
     astral = codepoints >= 0x10000
     bmp = np.where(astral, 0, codepoints)
     mapped, keep = mapped_table[bmp], keep_table[bmp]
     if astral.any():
         for code in np.unique(codepoints[astral]).tolist():
             where = codepoints == code
-            kept, new = _char_rule(code, params.lowercase, params.digits == "zero")
+            kept, new = _char_rule(code, *options)
             keep[where], mapped[where] = kept, new
     doc_of = np.repeat(np.arange(len(counts)), counts)
     return mapped[keep], np.bincount(doc_of[keep], minlength=len(counts)).astype(np.int64)
@@ -477,51 +523,52 @@ def permutations(num_perm: int, seed: int, scheme: str) -> tuple[np.ndarray, np.
     return a, b
 
 
-# Shingles per chunk of the (num_perm x shingles) permutation matrix: small enough to stay in
-# cache, large enough to amortise numpy's per-call cost. The matrix is laid out with shingles
-# along the contiguous axis, so the per-document minimum is a contiguous reduction (about five
-# times faster than reducing across rows).
-_CHUNK_SHINGLES = 8192
+@numba.njit(cache=True, nogil=True)
+def _minhash_affine32(hashes: np.ndarray, starts: np.ndarray, ends: np.ndarray, a: np.ndarray, b: np.ndarray,
+                      out: np.ndarray) -> None:  # pragma: no cover - compiled
+    for doc in range(starts.shape[0]):
+        row = out[doc]
+        for i in range(starts[doc], ends[doc]):
+            h = hashes[i]
+            for p in range(a.shape[0]):
+                value = np.uint32(a[p] * h + b[p])  # modulo 2^32, as datasketch's uint32 arithmetic
+                if value < row[p]:
+                    row[p] = value
+
+
+@numba.njit(cache=True, nogil=True)
+def _minhash_legacy(hashes: np.ndarray, starts: np.ndarray, ends: np.ndarray, a: np.ndarray, b: np.ndarray,
+                    out: np.ndarray) -> None:  # pragma: no cover - compiled
+    for doc in range(starts.shape[0]):
+        row = out[doc]
+        for i in range(starts[doc], ends[doc]):
+            h = np.uint64(hashes[i])
+            for p in range(a.shape[0]):
+                # (a h + b) wraps modulo 2^64 before the Mersenne modulus, as in datasketch.
+                value = np.uint32(((a[p] * h + b[p]) % MERSENNE_PRIME) & MAX_HASH32)
+                if value < row[p]:
+                    row[p] = value
 
 
 def minhash_signatures(hashes: np.ndarray, per_doc: np.ndarray, params: MinHashParams) -> np.ndarray:
     """Signatures (n_docs x num_perm, uint32) from concatenated shingle hashes: the values
     datasketch.MinHash would hold after `update_batch` with the same hashes. Documents
-    without shingles keep the empty signature (all 2^32 - 1)."""
+    without shingles keep the empty signature (all 2^32 - 1).
+
+    A compiled loop (numba): one pass over the shingles, the num_perm minima of a document
+    staying in registers or L1, instead of a (num_perm x shingles) temporary matrix."""
     n_docs, num_perm = len(per_doc), params.num_perm
     a, b = permutations(num_perm, params.seed, params.scheme)
     out = np.full((n_docs, num_perm), np.uint32(0xFFFFFFFF), dtype=np.uint32)
     if len(hashes) == 0:
         return out
-    legacy = params.scheme == "legacy"
-    if legacy:
-        a_col, b_col = a[:, None], b[:, None]
+    ends = np.cumsum(per_doc).astype(np.int64)
+    starts = ends - per_doc.astype(np.int64)
+    if params.scheme == "legacy":
+        _minhash_legacy(hashes.astype(np.uint32), starts, ends, a, b, out)
     else:
-        hashes = fmix32(hashes.astype(np.uint32))
-        a_col, b_col = a[:, None], b[:, None]
-    ends = np.cumsum(per_doc)
-    starts = ends - per_doc
-    docs = np.flatnonzero(per_doc > 0)
-    doc_ends, doc_starts = ends[docs], starts[docs]
-    position, total = 0, int(ends[-1])
-    with np.errstate(over="ignore"):
-        while position < total:
-            stop = min(total, position + _CHUNK_SHINGLES)
-            # Documents overlapping [position, stop): their (clipped) starts are the segments.
-            first = np.searchsorted(doc_ends, position, side="right")
-            last = np.searchsorted(doc_starts, stop, side="left")
-            overlap = docs[first:last]
-            segments = np.maximum(starts[overlap], position) - position
-            block = hashes[position:stop]
-            if legacy:
-                phv = (a_col * block.astype(np.uint64)[None, :] + b_col) % MERSENNE_PRIME
-                phv &= MAX_HASH32
-            else:
-                phv = a_col * block[None, :]
-                phv += b_col
-            mins = np.minimum.reduceat(phv, segments, axis=1).T.astype(np.uint32)
-            out[overlap] = np.minimum(out[overlap], mins)
-            position = stop
+        mixed = fmix32(hashes.astype(np.uint32))
+        _minhash_affine32(mixed, starts, ends, a.astype(np.uint32), b.astype(np.uint32), out)
     return out
 
 
@@ -623,6 +670,11 @@ def normalize_for_exact(texts: pa.Array, params: ExactDedupParams) -> pa.Array:
         texts = pc.replace_substring_regex(texts, r"\d", "0")
     elif params.digits == "remove":
         texts = pc.replace_substring_regex(texts, r"\d+", "")
+    if params.punctuation == "remove" and params.whitespace != "keep":
+        # Runs of punctuation, symbols and whitespace to one space (or nothing) in one regex
+        # pass: the same text as the two passes below, in half the time.
+        texts = pc.replace_substring_regex(texts, r"[\p{P}\p{S}\s]+", " " if params.whitespace == "collapse" else "")
+        return pc.utf8_trim_whitespace(texts) if params.whitespace == "collapse" else texts
     if params.punctuation == "remove":
         # To a space, so "1.62" and "1 . 62", or "end.Next" and "end. Next", agree.
         texts = pc.replace_substring_regex(texts, PUNCT_SYMBOL, " ")
@@ -711,11 +763,17 @@ def _ordered_u64(values: np.ndarray) -> np.ndarray:
     return np.where(negative, ~bits, bits | np.uint64(1 << 63))
 
 
-def rank_keys(batch: pa.Table, params: SurvivorParams, text_bytes: np.ndarray | None = None) -> pa.Array:
+def rank_keys(batch: pa.Table, params: SurvivorParams, text_bytes: np.ndarray | None = None,
+              row_keys: np.ndarray | None = None) -> pa.Array:
     """One string per row whose order is the survivor order (smallest survives):
-    `<16 hex digits of the rule's value><natural id>\\0<id>\\0<text bytes>`."""
+    `<16 hex digits of the rule's value><natural id>\\0<16 hex digits of the row key>\\0<id>\\0<text bytes>`.
+
+    The row key (default: the row's position in the batch) names the row itself, so keys are
+    unique even where ids repeat, and equal ids keep their input order."""
     ids = batch.column("id").to_pylist()
     n = len(ids)
+    if row_keys is None:
+        row_keys = np.arange(n, dtype=np.int64)
     if text_bytes is None:
         text_bytes = pc.binary_length(batch.column("text")).to_numpy(zero_copy_only=False)
     if params.keep == "first":
@@ -733,20 +791,23 @@ def rank_keys(batch: pa.Table, params: SurvivorParams, text_bytes: np.ndarray | 
             ordered = ~ordered
         # Missing values lose to any present one.
         prefix = np.where(np.isnan(values), np.uint64(_M64), ordered)
-    return pa.array([f"{p:016x}{natural_key(i)}{RANK_SEPARATOR}{i}{RANK_SEPARATOR}{nb}"
-                     for p, i, nb in zip(prefix.tolist(), ids, text_bytes.tolist())], pa.string())
+    sep = RANK_SEPARATOR
+    return pa.array([f"{p:016x}{natural_key(i)}{sep}{r:016x}{sep}{i}{sep}{nb}"
+                     for p, i, r, nb in zip(prefix.tolist(), ids, row_keys.tolist(), text_bytes.tolist())],
+                    pa.string())
 
 
-def split_rank_keys(keys: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
-    """(ids, text bytes) back from rank keys."""
+def split_rank_keys(keys: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(ids, text bytes, row keys) back from rank keys."""
     values = keys.to_pylist()
-    ids, sizes = [], []
+    ids, sizes, rows = [], [], []
     for key in values:
         rest = key[key.index(RANK_SEPARATOR) + 1:]
-        identifier, _, size = rest.rpartition(RANK_SEPARATOR)
+        rows.append(int(rest[:16], 16))
+        identifier, _, size = rest[17:].rpartition(RANK_SEPARATOR)
         ids.append(identifier)
         sizes.append(int(size))
-    return pa.array(ids, pa.string()), pa.array(sizes, pa.int64())
+    return pa.array(ids, pa.string()), pa.array(sizes, pa.int64()), pa.array(rows, pa.int64())
 
 
 def id_surrogates(ids: pa.Array | pa.ChunkedArray, salt: str = "") -> np.ndarray:

@@ -74,11 +74,18 @@ class RayOptions(Strict):
     object_store_memory: int | None = Field(None, description="local object store cap in bytes")
     batch_size: int = Field(1024, ge=1, description="rows per operator batch")
     preserve_order: bool = Field(True, description="deterministic block order (identical reruns)")
+    global_memory: int = Field(2 << 30, ge=0, description="memory a global step (dedup clustering, quantiles) "
+                                                          "may gather into one task; above it, the distributed form")
 
     @field_validator("object_store_memory", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
         return None if v is None else parse_size(v)
+
+    @field_validator("global_memory", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> Any:
+        return parse_size(v)
 
 
 class InputSpec(Strict):

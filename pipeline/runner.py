@@ -55,6 +55,7 @@ from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read
 log = logging.getLogger("kiln")
 BYTES_IN = "_kiln.bytes_in"
 TARGET_READ_BYTES = 128 << 20
+WRITE_BUNDLE_BYTES = 16 << 20
 
 
 # --------------------------------------------------------------------------- Ray session
@@ -398,6 +399,12 @@ def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reje
 
         def get_name(self) -> str:
             return "KilnStageWrite"
+
+        @property
+        def min_bytes_per_write(self) -> int:
+            # Blocks bundled into files of tens of MB, not one small file per block: a
+            # global operator reads a segment file by file, and fewer files cost fewer tasks.
+            return WRITE_BUNDLE_BYTES
 
     return StageSink()
 
@@ -743,6 +750,7 @@ class Runner:
         rejected_dir = tmp_dir / storage.REJECTED
         sink_counts: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
+        segment_dirs: list[Path] = []  # the scratch segments written so far (a global operator's input)
 
         def write(dataset: Any, segment: int, final: bool) -> Any:
             """Write the rows so far: rejected ones to the stage's rejected/, kept ones to
@@ -751,6 +759,7 @@ class Runner:
             sink = _make_sink(target, rejected_dir, f"s{segment}", count_would_reject=final)
             dataset.write_datasink(sink)
             sink_counts.append(sink.counts)
+            segment_dirs.append(target)
             return None if final else read_stage_dataset(target, batch_size, num_cpus)
 
         cpu_cap = actor_cpu_cap(ops, num_cpus)
@@ -767,7 +776,8 @@ class Runner:
                 segment += 1
             ctx = GlobalContext(work_dir=tmp_dir / "_work" / f"{op.label}", batch_size=batch_size, analyze=analyze,
                                 num_cpus=num_cpus, stage_name=stage.name, output_dir=tmp_dir,
-                                run_dir=self.run_dir, config_sha256=self.config.config_hash())
+                                run_dir=self.run_dir, config_sha256=self.config.config_hash(),
+                                input_dir=segment_dirs[-1], memory_budget=self.config.ray.global_memory)
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             ds = get_executor(op.name)(op, ds, ctx)

@@ -58,6 +58,32 @@ def test_signatures_equal_datasketch_on_real_text(shared_data, scheme):
     assert any(len(w) > 1 for w in kernels.shingles(texts[0], params)[0])
 
 
+def test_shingle_normalization_is_configurable_and_matches_datasketch(shared_data):
+    two_words = dict(word_ngram=2, shingle="word")
+    text = "Ｈｅｌｌｏ, World 2024 again"
+    assert kernels.shingles(text, MinHashParams(**two_words))[0] == ("ｈｅｌｌｏ", "world")  # default: no NFKC
+    nfkc = MinHashParams(unicode_form="NFKC", **two_words)
+    assert kernels.shingles(text, nfkc)[0] == ("hello", "world")
+    assert kernels.shingles(text, MinHashParams(punctuation="keep", **two_words))[0] == ("ｈｅｌｌｏ,", "world")
+    assert ("world", "again") in kernels.shingles(text, MinHashParams(digits="remove", **two_words))
+    assert kernels.shingles("Big Cat", MinHashParams(lowercase=False, **two_words)) == [("Big", "Cat")]
+    chars = dict(char_ngram=2, shingle="char")
+    assert kernels.shingles("中 文。", MinHashParams(**chars)) == [("中", "文")]
+    assert kernels.shingles("中 文。", MinHashParams(whitespace="keep", **chars)) == [("中", " "), (" ", "文")]
+    assert kernels.shingles("中 文。", MinHashParams(punctuation="keep", **chars)) == [("中", "文"), ("文", "。")]
+    # Non-default options change the index fingerprint; the defaults keep old indexes valid.
+    assert "punctuation" not in MinHashParams().index_fingerprint()
+    assert MinHashParams(punctuation="keep").index_fingerprint()["punctuation"] == "keep"
+    texts = _bbc(shared_data, 4) + _clue(shared_data, 4)
+    for params in (MinHashParams(num_perm=32, unicode_form="NFKC", punctuation="keep", whitespace="keep"),
+                   MinHashParams(num_perm=32, digits="remove", lowercase=False)):
+        sigs, _ = kernels.signatures(pa.array(texts), None, params)
+        for i, t in enumerate(texts):
+            reference = datasketch.MinHash(num_perm=32, seed=1, hashfunc=kernels.shingle_hash)
+            reference.update_batch(kernels.shingles(t, params))
+            assert np.array_equal(reference.hashvalues.astype(np.uint32), sigs[i])
+
+
 def test_language_column_overrides_script_share():
     params = MinHashParams()
     texts = pa.array(["这是一段中文文本，用来测试。", "plain english words here", "plain english words here"])
@@ -137,8 +163,9 @@ def test_rank_keys_order_survivors():
     assert sorted(range(3), key=lambda i: best[i]) == [2, 0, 1]  # missing value last
     lowest = kernels.rank_keys(batch, ExactDedupParams(keep="best", best_column="stat.q", best="lowest")).to_pylist()
     assert sorted(range(3), key=lambda i: lowest[i]) == [0, 2, 1]
-    ids, sizes = kernels.split_rank_keys(pa.array(first))
+    ids, sizes, rows = kernels.split_rank_keys(pa.array(first))
     assert ids.to_pylist() == batch.column("id").to_pylist() and sizes.to_pylist() == [5, 13, 8]
+    assert rows.to_pylist() == [0, 1, 2]  # row keys default to positions in the batch
     with pytest.raises(ValueError, match="best_column"):
         ExactDedupParams(keep="best")
     with pytest.raises(ValueError, match="bands and rows"):
@@ -343,3 +370,40 @@ def test_minhash_stage_without_any_candidate_pair_keeps_everything(tmp_path, sha
     from pipeline.verify import verify_run
 
     assert all(check.ok for check in verify_run(run_dir))
+
+
+@pytest.mark.ray
+def test_gathered_and_distributed_forms_agree_and_never_join_by_id(tmp_path, shared_data, run_config):
+    # The same documents through the gathered form (default budget) and the distributed one
+    # (a budget of one byte): the same decisions, row by row. Two inputs repeat an id: only
+    # the row that is a duplicate may be rejected, which a join by id would get wrong.
+    docs, _ = _clough(shared_data)
+    bbc, zh = _bbc(shared_data, 12), _clue(shared_data, 8)
+    words = bbc[0].split()
+    docs += [{"id": f"bbc{i}", "text": t, "url": f"https://www.bbc.co.uk/news/{i}"} for i, t in enumerate(bbc)]
+    docs += [{"id": "chainB", "text": " ".join(words[:-4])}, {"id": "chainC", "text": " ".join(words[:-8]) + " end"},
+             {"id": "exact1", "text": bbc[1].upper()}, {"id": "url1", "text": zh[5], "url": "http://bbc.co.uk/news/3"}]
+    docs += [{"id": f"zh{i}", "text": t, "lang": "zh"} for i, t in enumerate(zh[:5])]
+    docs += [{"id": "zh0copy", "text": zh[0][:80] + "据报道" + zh[0][80:], "lang": "zh"}]
+    docs += [{"id": "zz", "text": bbc[4]}, {"id": "zz", "text": zh[6]},  # bbc4's copy, a distinct text
+             {"id": "zz", "text": zh[7][:100] + "据报道" + zh[7][100:]}, {"id": "zh7", "text": zh[7]}]
+    _write_jsonl(tmp_path / "docs.jsonl", docs)
+    outcomes = {}
+    for form, budget in (("gathered", "2GB"), ("distributed", 1)):
+        config = {"inputs": [{"path": str(tmp_path / "docs.jsonl"), "source": "t", "id_field": "id"}],
+                  "ray": {"global_memory": budget, "batch_size": 16},
+                  "stages": [{"name": "dedup", "ops": [{"exact_dedup": {}}, {"url_dedup": {}}, {"minhash_dedup": {}}]}]}
+        stats, run_dir = run_config(config, redo=True)
+        extra = stats["stages"][0]["extra"]
+        assert {extra[op]["execution"] for op in ("exact_dedup", "url_dedup", "minhash_dedup")} == {form}
+        rows = pa.concat_tables([_stage_rows(run_dir, "data"), _stage_rows(run_dir, "rejected")],
+                                promote_options="permissive")
+        outcomes[form] = sorted(((r["id"], r["text"][:40], r["reject_op"], r["reject_reason"], r["dup_of"],
+                                  r["dup_cluster"]) for r in rows.to_pylist()), key=repr)
+        assert len(outcomes[form]) == len(docs)
+        again = [o for o in outcomes[form] if o[0] == "t:zz"]
+        assert sorted((o[2:4] for o in again), key=repr) == [
+            ("exact_dedup", "duplicate"), ("minhash_dedup", "near_duplicate"), (None, None)], again
+    assert outcomes["gathered"] == outcomes["distributed"]
+    by_id = {o[0]: o for o in outcomes["gathered"]}
+    assert by_id["t:chainC"][3:5] == ("near_duplicate", "t:bbc0") and by_id["t:zh0copy"][4] == "t:zh0"

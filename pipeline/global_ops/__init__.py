@@ -8,10 +8,21 @@ An executor receives the stage's rows so far (already on disk, so it may read th
 once) and returns a Dataset with the same rows, the ones it drops marked with `reject_op`,
 `reject_reason` and `reject_detail` (use `mark_rejected`). Statistics for the report go into
 `ctx.extra`. Every module in this package is imported on first lookup.
+
+Gathered execution, for what a corpus boils down to when it fits `ctx.memory_budget`
+(datatrove clusters FineWeb's duplicate pairs in one task; rensa and datasketch keep the band
+index in one process): `map_input_files` computes narrow columns (keys, signatures, scores)
+from the input files in plain Ray tasks, one per file, each row named by a *row key* (input
+file number and row position, which cannot repeat even where document ids do);
+`run_in_one_task` hands those files to one task that decides and writes a decision table per
+input file (`write_decisions`); `marked_dataset` reads the input files again and applies each
+file's decisions by row position. No shuffle, no join, and no fixed cost of an exchange.
+Above the budget, executors take their distributed form (shuffles, joins by row key).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -19,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -52,6 +64,10 @@ class GlobalContext:
     run_dir: Path
     config_sha256: str  # hash of the whole pipeline config, for manifests
     extra: dict[str, Any] = field(default_factory=dict)  # executor statistics for stats.json
+    # The folder of parquet files holding the rows so far (what `ds` reads), for gathered
+    # execution by row key; and the memory a gathered step may use in its one task.
+    input_dir: Path | None = None
+    memory_budget: int = 2 << 30
 
     @property
     def num_partitions(self) -> int:
@@ -114,19 +130,183 @@ def apply_decisions(batch: pa.Table, label: str, analyze: bool) -> pa.Table:
 
 
 def mark_rejected(ds: ray.data.Dataset, decisions: ray.data.Dataset, label: str,
-                  ctx: GlobalContext) -> ray.data.Dataset:
-    """Join `decisions` (columns `id`, `reason`, optional `detail` and extra per-document
-    columns such as `dup_of`) onto `ds` by id, distributed, and mark the rows it names.
-    The extra columns stay on every row (null for rows `decisions` does not name)."""
+                  ctx: GlobalContext, on: str = "id") -> ray.data.Dataset:
+    """Join `decisions` (columns `on`, `reason`, optional `detail` and extra per-document
+    columns such as `dup_of`) onto `ds` by `on`, distributed, and mark the rows it names.
+    The extra columns stay on every row (null for rows `decisions` does not name). Join by
+    `ROW_KEY` (see `keyed_dataset`) where ids may repeat."""
 
     def rename(batch: pa.Table) -> pa.Table:
         names = {"reason": DECISION_REASON, "detail": DECISION_DETAIL}
         return batch.rename_columns([names.get(c, c) for c in batch.column_names])
 
     decisions = decisions.map_batches(rename, batch_format="pyarrow")
-    joined = ds.join(decisions, join_type="left_outer", num_partitions=ctx.num_partitions, on=("id",))
+    joined = ds.join(decisions, join_type="left_outer", num_partitions=ctx.num_partitions, on=(on,))
 
     def fold(batch: pa.Table) -> pa.Table:
         return apply_decisions(batch, label, ctx.analyze)
 
     return joined.map_batches(fold, batch_format="pyarrow", batch_size=ctx.batch_size)
+
+
+# --------------------------------------------------------------------------- gathered execution
+
+# Row key: input file number << 40 | row position in the file (files of under 2^40 rows).
+ROW_KEY = "_kiln.row"
+_FILE_SHIFT = 40
+_POSITION_MASK = (1 << _FILE_SHIFT) - 1
+DECISION_POSITION = "_position"
+
+
+def input_files(ctx: GlobalContext) -> list[str]:
+    """The parquet files of the rows so far, in the order row keys number them."""
+    from pipeline import storage
+
+    if ctx.input_dir is None:
+        raise RuntimeError("gathered execution needs ctx.input_dir (set by the runner)")
+    return storage.parquet_files(ctx.input_dir)
+
+
+def row_keys(file_number: int, start: int, count: int) -> np.ndarray:
+    return (np.int64(file_number) << np.int64(_FILE_SHIFT)) + np.arange(start, start + count, dtype=np.int64)
+
+
+def _keyed_batches(file_number: int, path: str, schema: pa.Schema | None, batch_rows: int):
+    """Batches of one input file (conformed to `schema` when given), and their first row's position."""
+    from pipeline import storage
+    from pipeline.runner import conform
+
+    position = 0
+    for batch in storage.parquet_file(path).iter_batches(batch_size=batch_rows):
+        table = pa.Table.from_batches([batch])
+        if schema is not None:
+            table = conform(table, schema)
+        yield table, position
+        position += table.num_rows
+
+
+def _map_file_task(file_number: int, path: str, schema: pa.Schema, batch_rows: int, fn: Callable,
+                   out_schema: pa.Schema, out_dir: str) -> dict[str, Any]:
+    from pipeline import storage
+
+    parts = []
+    for table, position in _keyed_batches(file_number, path, schema, batch_rows):
+        table = table.append_column(ROW_KEY, pa.array(row_keys(file_number, position, table.num_rows)))
+        parts.append(fn(table))
+    out = pa.concat_tables(parts).select(out_schema.names).cast(out_schema) if parts else out_schema.empty_table()
+    if out.num_rows:
+        storage.write_parquet_atomic(out, Path(out_dir) / f"part-{file_number:06d}.parquet")
+    return {"rows": out.num_rows, "bytes": int(out.nbytes)}
+
+
+def map_input_files(ctx: GlobalContext, fn: Callable[[pa.Table], pa.Table], out_dir: Path,
+                    out_schema: pa.Schema) -> dict[str, int]:
+    """`fn` over every batch of the rows so far (each with its `ROW_KEY`), in one Ray task
+    per input file, writing `out_dir/part-<file number>.parquet`; returns the rows and
+    in-memory bytes written. Plain tasks: what they return to the driver is two numbers."""
+    import ray
+
+    from pipeline import storage
+
+    files = input_files(ctx)
+    schema = storage.unified_schema(files) if files else None
+    task = ray.remote(num_cpus=1, max_retries=3)(_map_file_task)
+    refs = [task.remote(i, f, schema, ctx.batch_size, fn, out_schema, str(out_dir)) for i, f in enumerate(files)]
+    results = ray.get(refs)
+    return {"rows": sum(r["rows"] for r in results), "bytes": sum(r["bytes"] for r in results)}
+
+
+def run_in_one_task(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in one Ray task (its memory is the task's, not the driver's)."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=1, max_retries=1)(fn).remote(*args))
+
+
+def write_decisions(decisions: pa.Table, out_dir: Path) -> int:
+    """Split a decision table (a `ROW_KEY` column, `reason`, optional `detail` and extra
+    columns) by input file into `out_dir/<file number>.parquet`, rows named by position."""
+    from pipeline import storage
+
+    if decisions.num_rows == 0:
+        return 0
+    decisions = decisions.sort_by(ROW_KEY)
+    keys = decisions.column(ROW_KEY).to_numpy()
+    files = keys >> _FILE_SHIFT
+    bounds = np.flatnonzero(np.diff(files)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(keys)]])
+    rest = decisions.drop_columns([ROW_KEY])
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        part = rest.slice(start, end - start)
+        part = part.append_column(DECISION_POSITION, pa.array(keys[start:end] & _POSITION_MASK))
+        storage.write_parquet_atomic(part, Path(out_dir) / f"{int(files[start]):06d}.parquet")
+    return len(starts)
+
+
+def _apply_file_decisions(table: pa.Table, position: int, decisions: pa.Table | None, label: str,
+                          analyze: bool, post: Callable[[pa.Table], pa.Table] | None) -> pa.Table:
+    """Give a batch (rows `position`... of its file) its decisions: null where none."""
+    n = table.num_rows
+    if decisions is not None and decisions.num_rows:
+        where = decisions.column(DECISION_POSITION).to_numpy() - position
+        inside = (where >= 0) & (where < n)
+        if inside.any():
+            index = np.full(n, -1, dtype=np.int64)
+            index[where[inside]] = np.flatnonzero(inside)
+            take = pa.array(index, mask=index < 0)
+            names = {"reason": DECISION_REASON, "detail": DECISION_DETAIL}
+            for name in decisions.column_names:
+                if name != DECISION_POSITION:
+                    table = set_column(table, names.get(name, name), decisions.column(name).take(take))
+            table = apply_decisions(table, label, analyze)
+    return post(table) if post is not None else table
+
+
+def _read_marked(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: int, decisions_dir: str, label: str,
+                 analyze: bool, post: Callable[[pa.Table], pa.Table] | None):
+    from pipeline import storage
+
+    for file_number, path in group:
+        decision_file = Path(decisions_dir) / f"{file_number:06d}.parquet"
+        decisions = storage.parquet_file(str(decision_file)).read() if decision_file.is_file() else None
+        for table, position in _keyed_batches(file_number, path, schema, batch_rows):
+            yield _apply_file_decisions(table, position, decisions, label, analyze, post)
+
+
+def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
+                   post: Callable[[pa.Table], pa.Table] | None = None) -> ray.data.Dataset:
+    """The rows so far, read again file by file, with the decisions `write_decisions` wrote
+    applied by row position (`post`, if given, then runs on every batch)."""
+    from pipeline import storage
+    from pipeline.runner import _file_groups_dataset, _group_by_size
+
+    files = input_files(ctx)
+    schema = storage.unified_schema(files)
+    sizes = [storage.file_size(f) * 3 for f in files]  # parquet compresses text about 3x
+    target = max(1 << 20, min(128 << 20, sum(sizes) // max(1, 4 * ctx.num_cpus) + 1))
+    groups = _group_by_size(list(enumerate(files)), sizes, target)
+    group_sizes = [sum(sizes[i] for i, _ in g) for g in groups]
+    read = functools.partial(_read_marked, schema=schema, batch_rows=ctx.batch_size,
+                             decisions_dir=str(decisions_dir), label=label, analyze=ctx.analyze, post=post)
+    return _file_groups_dataset(groups, group_sizes, read, schema)
+
+
+def keyed_dataset(ctx: GlobalContext) -> ray.data.Dataset:
+    """The rows so far with their `ROW_KEY`, for the distributed forms (joins by row key)."""
+    from pipeline import storage
+    from pipeline.runner import _file_groups_dataset, _group_by_size
+
+    files = input_files(ctx)
+    schema = storage.unified_schema(files)
+    sizes = [storage.file_size(f) * 3 for f in files]
+    target = max(1 << 20, min(128 << 20, sum(sizes) // max(1, 4 * ctx.num_cpus) + 1))
+    groups = _group_by_size(list(enumerate(files)), sizes, target)
+
+    def read(group: list[tuple[int, str]]):
+        for file_number, path in group:
+            for table, position in _keyed_batches(file_number, path, schema, ctx.batch_size):
+                yield table.append_column(ROW_KEY, pa.array(row_keys(file_number, position, table.num_rows)))
+
+    return _file_groups_dataset(groups, [sum(sizes[i] for i, _ in g) for g in groups], read,
+                                schema.append(pa.field(ROW_KEY, pa.int64())))

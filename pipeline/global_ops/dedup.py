@@ -1,26 +1,28 @@
-"""Ray Data executors of the dedup operators: exact, URL and MinHash LSH near-duplicates.
+"""Executors of the dedup operators: exact, URL and MinHash LSH near-duplicates.
 
-Everything here is distributed; the driver only coordinates and adds up per-block summaries
-(a few numbers per block). The one grouping primitive is a hash shuffle:
-`repartition(k, keys=[key])` puts every row of a key into the same block (one block per
-partition, never split), and a `map_batches(batch_size=None)` then handles all groups of the
-block at once with vectorized sorts, instead of one Python call per group.
+Each runs in one of two forms, chosen per stage from the size of what it gathers against the
+run's `ray.global_memory` budget (default 2 GB), both giving the same decisions:
 
-- exact_dedup / url_dedup: a 128-bit key per document -> one shuffle by key -> in each block,
-  the smallest rank key of each group survives (operators/dedup.py defines rank keys).
-- minhash_dedup:
-  1. signatures per batch (vectorized), written to the scratch folder with id and rank key;
-  2. one row per (document, band) -> shuffle by band key -> each bucket of two or more
-     documents gives star edges (member -> bucket minimum), O(n) instead of O(n^2);
-  3. edges deduplicated (shuffle by edge), joined once with the signatures, then verified:
-     the signatures' estimated Jaccard must reach the threshold;
-  4. connected components by alternating large-star / small-star rounds (Kiveris et al.,
-     "Connected Components in MapReduce and Beyond", 2014), each one shuffle, until the edge
-     set is a forest of stars centred on each component's smallest rank key, which is the
-     survivor, so chains A~B~C end in one cluster;
-  5. one shuffle by survivor gives the decisions and the cluster sizes.
-  Every intermediate is written as parquet under the stage's scratch folder, so lineage does
-  not grow round after round and nothing is recomputed.
+Gathered (the default, up to millions of documents on one machine): the narrow columns a
+decision needs (a 128-bit key and rank key for exact/URL; row key, rank key and signature for
+MinHash) are computed from the input files in plain Ray tasks, one per file, then one task
+decides, as datatrove, rensa and datasketch do: a hash sort of the keys (exact/URL), or, for
+MinHash, per band a sort of band keys giving star edges (member -> bucket's first document),
+verification of every candidate pair by its signatures, and connected components
+(scipy.sparse.csgraph) whose survivor is each component's smallest rank key. Its decision
+table is applied to the rows by row key (input file and row position): no shuffle, no join.
+
+Distributed (above the budget): a hash shuffle is the grouping primitive.
+`repartition(k, keys=[key])` puts every row of a key into the same block, and a
+`map_batches(batch_size=None)` handles all groups of the block at once with vectorized sorts.
+- exact_dedup / url_dedup: one shuffle by key; the smallest rank key of each group survives.
+- minhash_dedup: (document, band) rows shuffled by band key give star edges; edges are
+  deduplicated, joined with the signatures and verified; connected components by alternating
+  large-star / small-star rounds (Kiveris et al., "Connected Components in MapReduce and
+  Beyond", 2014), each one shuffle, until every component is a star around its smallest rank
+  key; one shuffle by survivor gives the decisions. Intermediates are written as parquet under
+  the stage's scratch folder, so lineage does not grow round after round.
+Decisions are joined back by row key, never by id, so repeated ids cannot mix rows up.
 Rejected rows carry `dup_of` (the survivor's id) and every member of a cluster, survivor
 included, `dup_cluster` (the survivor's id).
 """
@@ -37,13 +39,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from operators import dedup as kernels
 from operators.base import GlobalOperator
 from pipeline import stats as stats_lib
 from pipeline import storage
 from pipeline.errors import KilnError
-from pipeline.global_ops import GlobalContext, global_executor, mark_rejected
+from pipeline.global_ops import (
+    ROW_KEY,
+    GlobalContext,
+    global_executor,
+    keyed_dataset,
+    map_input_files,
+    mark_rejected,
+    marked_dataset,
+    run_in_one_task,
+    write_decisions,
+)
 
 # Decision columns that are folded into existing dup_of / dup_cluster columns after the join.
 _NEW_PREFIX = "_kiln.new."
@@ -54,6 +67,7 @@ INDEX_FOLDER = "minhash_index"
 INDEX_META = "index.json"
 
 DECISION_SCHEMA = pa.schema([
+    (ROW_KEY, pa.int64()),
     ("id", pa.string()),
     ("reason", pa.string()),
     ("detail", pa.string()),
@@ -143,9 +157,7 @@ def _check_survivor_column(op: GlobalOperator, ds: Any) -> None:
                         f"do not have at this point (columns: {', '.join(_schema_names(ds))})")
 
 
-def _finish(op: GlobalOperator, ds: Any, decisions: Any, summary: dict[str, Any], ctx: GlobalContext) -> Any:
-    """Record the statistics and mark the rejected rows; dup_of / dup_cluster from earlier
-    dedup operators are kept where this one has nothing to say."""
+def _record(summary: dict[str, Any], ctx: GlobalContext) -> None:
     ctx.extra.update({
         "clusters": int(summary.get("clusters", 0)),
         "docs_removed": int(summary.get("removed", 0)),
@@ -155,16 +167,46 @@ def _finish(op: GlobalOperator, ds: Any, decisions: Any, summary: dict[str, Any]
     })
     if summary.get("seen_before"):
         ctx.extra["docs_seen_before"] = int(summary["seen_before"])
+
+
+def _decision_columns(batch: pa.Table) -> pa.Table:
+    """Decision rows as the marking step takes them: dup_of / dup_cluster under temporary
+    names (folded into existing columns afterwards), statistics columns dropped."""
+    batch = batch.drop_columns(["_size", "_bytes", "id"])
+    names = {kernels.DUP_OF: _NEW_PREFIX + kernels.DUP_OF, kernels.DUP_CLUSTER: _NEW_PREFIX + kernels.DUP_CLUSTER}
+    return batch.rename_columns([names.get(c, c) for c in batch.column_names])
+
+
+def _finish(op: GlobalOperator, ds: Any, decisions: Any, summary: dict[str, Any], ctx: GlobalContext) -> Any:
+    """Distributed form: record the statistics and join the decisions (a Dataset) onto the
+    rows by row key; dup_of / dup_cluster from earlier dedup operators are kept where this
+    one has nothing to say."""
+    _record(summary, ctx)
     if not summary.get("rows"):
         return ds  # no duplicates: nothing to mark (and nothing to join)
+    marked = mark_rejected(keyed_dataset(ctx), decisions.map_batches(_decision_columns, batch_format="pyarrow"),
+                           op.label, ctx, on=ROW_KEY)
+    return marked.map_batches(_fold_and_drop_key, batch_format="pyarrow", batch_size=ctx.batch_size)
 
-    def rename(batch: pa.Table) -> pa.Table:
-        batch = batch.drop_columns(["_size", "_bytes"])
-        names = {kernels.DUP_OF: _NEW_PREFIX + kernels.DUP_OF, kernels.DUP_CLUSTER: _NEW_PREFIX + kernels.DUP_CLUSTER}
-        return batch.rename_columns([names.get(c, c) for c in batch.column_names])
 
-    marked = mark_rejected(ds, decisions.map_batches(rename, batch_format="pyarrow"), op.label, ctx)
-    return marked.map_batches(_fold_dup_columns, batch_format="pyarrow", batch_size=ctx.batch_size)
+def _finish_gathered(op: GlobalOperator, ds: Any, decisions_dir: Path, summary: dict[str, Any],
+                     ctx: GlobalContext) -> Any:
+    """Gathered form: record the statistics and apply the per-file decision tables that the
+    one task wrote (`write_decisions`) by row position."""
+    _record(summary, ctx)
+    if not summary.get("rows"):
+        return ds
+    return marked_dataset(ctx, decisions_dir, op.label, post=_fold_dup_columns)
+
+
+def _fold_and_drop_key(batch: pa.Table) -> pa.Table:
+    return _fold_dup_columns(batch.drop_columns([ROW_KEY]))
+
+
+def _fits(ctx: GlobalContext, gathered_bytes: int, factor: float) -> bool:
+    """Whether a step that gathers `gathered_bytes` of narrow columns, needing `factor` times
+    that while it works, stays within the memory budget."""
+    return gathered_bytes * factor <= ctx.memory_budget
 
 
 def _fold_dup_columns(batch: pa.Table) -> pa.Table:
@@ -196,11 +238,11 @@ def _decision_summary(block: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     }
 
 
-def _decision_table(ids: list[str], reasons: list[str | None], details: list[str | None],
+def _decision_table(rows: list[int], ids: list[str], reasons: list[str | None], details: list[str | None],
                     dup_of: list[str | None], cluster: list[str | None], sizes: list[int | None],
                     sizes_bytes: list[int | None]) -> pa.Table:
     return pa.Table.from_arrays([
-        pa.array(ids, pa.string()), pa.array(reasons, pa.string()), pa.array(details, pa.string()),
+        pa.array(rows, pa.int64()), pa.array(ids, pa.string()), pa.array(reasons, pa.string()), pa.array(details, pa.string()),
         pa.array(dup_of, pa.string()), pa.array(cluster, pa.string()), pa.array(sizes, pa.int64()),
         pa.array(sizes_bytes, pa.int64())], schema=DECISION_SCHEMA)
 
@@ -213,7 +255,7 @@ KEY_SCHEMA = pa.schema([("k1", pa.int64()), ("k2", pa.int64()), ("rank", pa.stri
 def _exact_keys(batch: pa.Table, params: kernels.ExactDedupParams) -> pa.Table:
     texts = pc.fill_null(batch.column("text"), "").combine_chunks()
     high, low = kernels.hash128(kernels.normalize_for_exact(texts, params))
-    ranks = kernels.rank_keys(batch, params)
+    ranks = kernels.rank_keys(batch, params, row_keys=batch.column(ROW_KEY).to_numpy())
     return pa.Table.from_arrays([pa.array(high.view(np.int64)), pa.array(low.view(np.int64)), ranks,
                                  pa.nulls(batch.num_rows, pa.string())], schema=KEY_SCHEMA)
 
@@ -229,7 +271,8 @@ def _url_keys(batch: pa.Table, params: kernels.UrlDedupParams) -> pa.Table:
     normalized = pa.array([u for u in urls if u is not None], pa.string())
     high, low = kernels.hash128(normalized)
     return pa.Table.from_arrays([pa.array(high.view(np.int64)), pa.array(low.view(np.int64)),
-                                 kernels.rank_keys(batch, params), normalized], schema=KEY_SCHEMA)
+                                 kernels.rank_keys(batch, params, row_keys=batch.column(ROW_KEY).to_numpy()),
+                                 normalized], schema=KEY_SCHEMA)
 
 
 def _group_decisions(block: pa.Table, reason: str, what: str) -> pa.Table:
@@ -247,7 +290,7 @@ def _group_decisions(block: pa.Table, reason: str, what: str) -> pa.Table:
         return DECISION_SCHEMA.empty_table()
     rows = np.flatnonzero(in_dup)
     ranks = block.column("rank").take(pa.array(rows))
-    ids, nbytes = kernels.split_rank_keys(ranks)
+    ids, nbytes, row_keys = kernels.split_rank_keys(ranks)
     ids, nbytes = ids.to_pylist(), nbytes.to_pylist()
     starts_sel, group_sel = starts[rows], group[rows]
     wht = block.column("what").take(pa.array(rows)).to_pylist()
@@ -265,18 +308,48 @@ def _group_decisions(block: pa.Table, reason: str, what: str) -> pa.Table:
             out["size"].append(None), out["bytes"].append(nbytes[i])
         out["id"].append(identifier)
         out["cluster"].append(survivor)
-    return _decision_table(out["id"], out["reason"], out["detail"], out["dup_of"], out["cluster"], out["size"],
+    return _decision_table(row_keys.to_pylist(), out["id"], out["reason"], out["detail"], out["dup_of"], out["cluster"], out["size"],
                            out["bytes"])
+
+
+def _group_in_one_task(key_files: list[str], reason: str, what: str, decisions_dir: str) -> dict[str, Any]:
+    """Gathered exact/URL dedup: every key in memory, one sort, decisions per input file."""
+    tables = [pq.read_table(f) for f in key_files]
+    keys = pa.concat_tables(tables) if tables else KEY_SCHEMA.empty_table()
+    decisions = _group_decisions(keys, reason=reason, what=what)
+    del keys, tables
+    decisions, summary = _decision_summary(decisions)
+    write_decisions(_decision_columns(decisions), Path(decisions_dir))
+    return {"rows": decisions.num_rows, **summary}
+
+
+# Working memory of the gathered exact/URL step per byte of keys: the keys, their sorted copy,
+# the decision table (a fraction of it).
+_GROUP_MEMORY_FACTOR = 3.0
 
 
 def _run_grouped(op: GlobalOperator, ds: Any, ctx: GlobalContext, keys_fn: Any, reason: str, what: str) -> Any:
     _check_survivor_column(op, ds)
     started = time.perf_counter()
-    keys = ds.map_batches(keys_fn, batch_format="pyarrow", batch_size=ctx.batch_size)
-    decisions = _shuffle_blocks(keys, ["k1"], ctx.num_partitions,
+    keys_dir = ctx.work_dir / "keys"
+    gathered = map_input_files(ctx, keys_fn, keys_dir, KEY_SCHEMA)
+    key_files = sorted(str(f) for f in keys_dir.glob("part-*.parquet")) if keys_dir.is_dir() else []
+    keys_seconds = round(time.perf_counter() - started, 3)
+    ctx.extra["keys"] = gathered["rows"]
+    if _fits(ctx, gathered["bytes"], _GROUP_MEMORY_FACTOR):
+        ctx.extra["execution"] = "gathered"
+        summary = run_in_one_task(_group_in_one_task, key_files, reason, what, str(ctx.work_dir / "decisions"))
+        ctx.extra["phase_seconds"] = {"keys": keys_seconds, "group": round(time.perf_counter() - started - keys_seconds, 3)}
+        return _finish_gathered(op, ds, ctx.work_dir / "decisions", summary, ctx)
+    ctx.extra["execution"] = "distributed"
+    if not key_files:
+        _record({}, ctx)
+        return ds
+    keys = _ray_data().read_parquet(key_files, schema=KEY_SCHEMA)
+    decisions = _shuffle_blocks(keys, ["k1"], _partitions(ctx, gathered["rows"], 64),
                                 functools.partial(_group_decisions, reason=reason, what=what))
     decisions, summary = _checkpoint(decisions, ctx.work_dir / "decisions", DECISION_SCHEMA, _decision_summary)
-    ctx.extra["phase_seconds"] = {"group": round(time.perf_counter() - started, 3)}
+    ctx.extra["phase_seconds"] = {"keys": keys_seconds, "group": round(time.perf_counter() - started - keys_seconds, 3)}
     return _finish(op, ds, decisions, summary, ctx)
 
 
@@ -301,7 +374,7 @@ def _sig_schema(num_perm: int) -> pa.Schema:
 
 
 def _signature_rows(batch: pa.Table, params: kernels.MinHashParams) -> pa.Table:
-    """Signature, id, rank key and surrogate of every document that has shingles."""
+    """Signature, id, rank key and row key (the graph node) of every document that has shingles."""
     langs = batch.column("lang") if "lang" in batch.column_names else None
     sigs, per_doc = kernels.signatures(batch.column("text"), langs, params)
     keep = per_doc > 0
@@ -309,27 +382,32 @@ def _signature_rows(batch: pa.Table, params: kernels.MinHashParams) -> pa.Table:
         mask = pa.array(keep)
         batch, sigs = batch.filter(mask), sigs[keep]
     ids = batch.column("id")
+    nodes = batch.column(ROW_KEY).to_numpy()
     return pa.Table.from_arrays([
-        pa.array(kernels.id_surrogates(ids)), ids.combine_chunks().cast(pa.string()),
-        kernels.rank_keys(batch, params), kernels.signature_bytes(sigs),
+        pa.array(nodes), ids.combine_chunks().cast(pa.string()),
+        kernels.rank_keys(batch, params, row_keys=nodes), kernels.signature_bytes(sigs),
         pa.array(np.zeros(batch.num_rows, dtype=bool))], schema=_sig_schema(params.num_perm))
 
 
 def _earlier_rows(batch: pa.Table, index_number: int, num_perm: int) -> pa.Table:
     """Rows of an earlier run's index as graph nodes: rank keys starting with '!' sort before
-    every rank key of this run, so an earlier document is always its cluster's survivor."""
+    every rank key of this run, so an earlier document is always its cluster's survivor. Their
+    nodes are negative (a surrogate of the id), apart from this run's row keys."""
     ids = batch.column("id").combine_chunks()
-    ranks = pa.array([f"!{index_number:04d}{kernels.natural_key(i)}{kernels.RANK_SEPARATOR}{i}{kernels.RANK_SEPARATOR}0"
+    sep = kernels.RANK_SEPARATOR
+    ranks = pa.array([f"!{index_number:04d}{kernels.natural_key(i)}{sep}{0:016x}{sep}{i}{sep}0"
                       for i in ids.to_pylist()], pa.string())
+    nodes = kernels.id_surrogates(ids, salt=f"earlier-{index_number}:") | np.int64(-(1 << 63))
     return pa.Table.from_arrays([
-        pa.array(kernels.id_surrogates(ids, salt=f"earlier-{index_number}:")), ids, ranks,
+        pa.array(nodes), ids, ranks,
         batch.column("sig").combine_chunks().cast(pa.binary(num_perm * 4)),
         pa.array(np.ones(batch.num_rows, dtype=bool))], schema=_sig_schema(num_perm))
 
 
-def _load_earlier(params: kernels.MinHashParams) -> list[Any]:
-    """Datasets of the indexes named in `against`, checked to be comparable with this run."""
-    datasets = []
+def _earlier_indexes(params: kernels.MinHashParams) -> list[tuple[int, list[str]]]:
+    """(number, parquet files) of the indexes named in `against`, checked to be comparable
+    with this run."""
+    indexes = []
     for number, folder in enumerate(params.against):
         path = Path(folder).expanduser()
         meta_path = path / INDEX_META
@@ -344,12 +422,16 @@ def _load_earlier(params: kernels.MinHashParams) -> list[Any]:
             raise KilnError(f"minhash_dedup against: {folder} was built with other MinHash settings "
                             f"({'; '.join(different)}); use the same settings or rebuild the index")
         files = sorted(str(f) for f in path.glob("*.parquet"))
-        if not files:
-            continue
-        ds = _ray_data().read_parquet(files).select_columns(["id", "sig"])
-        datasets.append(ds.map_batches(functools.partial(_earlier_rows, index_number=number,
-                                                         num_perm=params.num_perm), batch_format="pyarrow"))
-    return datasets
+        if files:
+            indexes.append((number, files))
+    return indexes
+
+
+def _load_earlier(indexes: list[tuple[int, list[str]]], num_perm: int) -> list[Any]:
+    """The earlier indexes as Datasets of graph nodes (distributed form)."""
+    return [_ray_data().read_parquet(files).select_columns(["id", "sig"]).map_batches(
+        functools.partial(_earlier_rows, index_number=number, num_perm=num_perm), batch_format="pyarrow")
+        for number, files in indexes]
 
 
 # --------------------------------------------------------------------------- MinHash: candidates
@@ -579,7 +661,7 @@ def _cluster_decisions(block: pa.Table, threshold: float) -> pa.Table:
     if block.num_rows == 0:
         return DECISION_SCHEMA.empty_table()
     block = block.sort_by([("y", "ascending"), ("x", "ascending")])
-    leaf_ids, leaf_bytes = kernels.split_rank_keys(block.column("x"))
+    leaf_ids, leaf_bytes, leaf_rows = kernels.split_rank_keys(block.column("x"))
     roots = block.column("y").combine_chunks()
     start = np.ones(len(roots), dtype=bool)
     if len(roots) > 1:
@@ -587,18 +669,19 @@ def _cluster_decisions(block: pa.Table, threshold: float) -> pa.Table:
     group = np.cumsum(start) - 1
     sizes = np.bincount(group) + 1
     root_rows = np.flatnonzero(start)
-    root_ids, _ = kernels.split_rank_keys(roots.take(pa.array(root_rows)))
-    root_ids = root_ids.to_pylist()
+    root_ids, _, root_keys = kernels.split_rank_keys(roots.take(pa.array(root_rows)))
+    root_ids, root_keys = root_ids.to_pylist(), root_keys.to_pylist()
     root_earlier = [r.startswith("!") for r in roots.take(pa.array(root_rows)).to_pylist()]
     leaf_earlier = pc.starts_with(block.column("x"), "!").to_numpy(zero_copy_only=False)
-    out: dict[str, list[Any]] = {k: [] for k in ("id", "reason", "detail", "dup_of", "cluster", "size", "bytes")}
+    out: dict[str, list[Any]] = {k: [] for k in ("row", "id", "reason", "detail", "dup_of", "cluster", "size",
+                                                  "bytes")}
     for g, root in enumerate(root_ids):
         if root_earlier[g]:
             continue
-        out["id"].append(root), out["reason"].append(None), out["detail"].append(None)
+        out["row"].append(root_keys[g]), out["id"].append(root), out["reason"].append(None), out["detail"].append(None)
         out["dup_of"].append(None), out["cluster"].append(root), out["size"].append(int(sizes[g]))
         out["bytes"].append(None)
-    leaves, nbytes = leaf_ids.to_pylist(), leaf_bytes.to_pylist()
+    leaves, nbytes, leaf_rows = leaf_ids.to_pylist(), leaf_bytes.to_pylist(), leaf_rows.to_pylist()
     for i, leaf in enumerate(leaves):
         if leaf_earlier[i]:
             continue
@@ -607,11 +690,155 @@ def _cluster_decisions(block: pa.Table, threshold: float) -> pa.Table:
             reason, detail = kernels.REASON_SEEN, f"near-duplicate of {root_ids[g]} in an earlier corpus"
         else:
             reason, detail = kernels.REASON_NEAR, f"MinHash cluster of {sizes[g]} at Jaccard >= {threshold}"
-        out["id"].append(leaf), out["reason"].append(reason), out["detail"].append(detail[:500])
+        out["row"].append(leaf_rows[i]), out["id"].append(leaf), out["reason"].append(reason), out["detail"].append(detail[:500])
         out["dup_of"].append(root_ids[g]), out["cluster"].append(root_ids[g]), out["size"].append(None)
         out["bytes"].append(nbytes[i])
-    return _decision_table(out["id"], out["reason"], out["detail"], out["dup_of"], out["cluster"], out["size"],
-                           out["bytes"])
+    return _decision_table(out["row"], out["id"], out["reason"], out["detail"], out["dup_of"], out["cluster"],
+                           out["size"], out["bytes"])
+
+
+# --------------------------------------------------------------------------- MinHash: executor
+
+
+# --------------------------------------------------------------------------- MinHash: gathered form
+
+
+def _star_edges_by_band(band_keys: np.ndarray, nodes: np.ndarray, earlier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (as row indexes) of every band: in each bucket of two or more
+    documents, every member linked to the member with the smallest node, as the distributed
+    form's `_bucket_edges` links them (so both forms verify the same pairs); buckets of
+    earlier documents only give nothing. Each pair once."""
+    n = len(nodes)
+    parts_a, parts_b = [], []
+    for band in range(band_keys.shape[1]):
+        order = np.lexsort((nodes, band_keys[:, band]))
+        start = kernels.group_starts([band_keys[order, band]])
+        first = order[np.flatnonzero(start)[np.cumsum(start) - 1]]
+        keep = ~start & ~(earlier[order] & earlier[first])
+        parts_a.append(order[keep])
+        parts_b.append(first[keep])
+    if not parts_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = np.unique(np.concatenate(parts_a).astype(np.int64) * n + np.concatenate(parts_b))
+    return pairs // n, pairs % n
+
+
+def _verified(sigs: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of the pairs whose signatures agree on at least `threshold` of their values (the
+    distributed form's test, in chunks so that the compared rows stay small)."""
+    keep = np.zeros(len(a), dtype=bool)
+    for start in range(0, len(a), 1 << 16):
+        stop = start + (1 << 16)
+        jaccard = kernels.estimated_jaccard(sigs[a[start:stop]], sigs[b[start:stop]]).astype(np.float32)
+        keep[start:stop] = jaccard >= np.float32(threshold) - np.float32(1e-6)
+    return keep
+
+
+def _component_decisions(nodes: pa.Table, a: np.ndarray, b: np.ndarray, threshold: float) -> pa.Table:
+    """Decisions from verified pairs: connected components (scipy), each one's smallest rank
+    key its survivor; members rejected as near duplicates (seen_before when the survivor
+    belongs to an earlier index); earlier documents themselves get no decision."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = nodes.num_rows
+    if len(a) == 0:
+        return DECISION_SCHEMA.empty_table()
+    count, labels = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
+                                         directed=False)
+    sizes = np.bincount(labels, minlength=count)
+    earlier = nodes.column("earlier").to_numpy(zero_copy_only=False)
+    rank_order = pc.sort_indices(nodes.column("rank")).to_numpy()
+    labels_by_rank = labels[rank_order]
+    present, first = np.unique(labels_by_rank, return_index=True)
+    root_of = np.empty(count, dtype=np.int64)
+    root_of[present] = rank_order[first]
+    root = root_of[labels]
+    decided = np.flatnonzero((sizes[labels] > 1) & ~earlier)
+    survivors = decided[root[decided] == decided]
+    members = decided[root[decided] != decided]
+    ids = nodes.column("id").combine_chunks()
+    member_ids, member_bytes, _ = kernels.split_rank_keys(nodes.column("rank").take(pa.array(members)))
+    member_roots = root[members]
+    seen = earlier[member_roots]
+    member_sizes = sizes[labels[members]]
+    root_ids = ids.take(pa.array(member_roots)).to_pylist()
+    details = [(f"near-duplicate of {r} in an earlier corpus" if s else
+                f"MinHash cluster of {z} at Jaccard >= {threshold}")[:500]
+               for r, s, z in zip(root_ids, seen.tolist(), member_sizes.tolist())]
+    survivor_ids = ids.take(pa.array(survivors))
+    node_keys = nodes.column("node").combine_chunks()
+    k = len(survivors)
+    return pa.Table.from_arrays([
+        pa.concat_arrays([node_keys.take(pa.array(survivors)), node_keys.take(pa.array(members))]),
+        pa.concat_arrays([survivor_ids, member_ids]),
+        pa.array([None] * k + np.where(seen, kernels.REASON_SEEN, kernels.REASON_NEAR).tolist(), pa.string()),
+        pa.array([None] * k + details, pa.string()),
+        pa.array([None] * k + root_ids, pa.string()),
+        pa.concat_arrays([survivor_ids, pa.array(root_ids, pa.string())]),
+        pa.array(np.concatenate([sizes[labels[survivors]], np.zeros(len(members), np.int64)]),
+                 mask=np.concatenate([np.zeros(k, bool), np.ones(len(members), bool)])),
+        pa.array(np.concatenate([np.zeros(k, np.int64), member_bytes.to_numpy()]),
+                 mask=np.concatenate([np.ones(k, bool), np.zeros(len(members), bool)])),
+    ], schema=DECISION_SCHEMA)
+
+
+def _cluster_in_one_task(signature_files: list[str], earlier: list[tuple[int, list[str]]],
+                         params: kernels.MinHashParams, decisions_dir: str) -> dict[str, Any]:
+    """Gathered MinHash dedup: candidates, verification, components and decisions of every
+    document (and earlier index) in this one task; decisions written per input file."""
+    clock = time.perf_counter()
+    phases: dict[str, float] = {}
+    num_perm = params.num_perm
+    bands, rows = params.band_rows
+    nodes, sigs = _gather_nodes(signature_files, earlier, num_perm)
+    node_keys = nodes.column("node").to_numpy()
+    earlier_mask = nodes.column("earlier").to_numpy(zero_copy_only=False)
+    a, b = _star_edges_by_band(kernels.band_keys(sigs, bands, rows), node_keys, earlier_mask)
+    candidates = len(a)
+    phases["lsh_buckets"] = round(time.perf_counter() - clock, 3)
+    if params.verify_threshold is not None and candidates:
+        keep = _verified(sigs, a, b, params.verify_threshold)
+        a, b = a[keep], b[keep]
+    del sigs
+    phases["verify"] = round(time.perf_counter() - clock - sum(phases.values()), 3)
+    decisions = _component_decisions(nodes, a, b, params.threshold)
+    decisions, summary = _decision_summary(decisions)
+    write_decisions(_decision_columns(decisions), Path(decisions_dir))
+    phases["components"] = round(time.perf_counter() - clock - sum(phases.values()), 3)
+    return {"rows": decisions.num_rows, "candidate_pairs": candidates, "verified_pairs": len(a),
+            "phase_seconds": phases, **summary}
+
+
+def _gather_nodes(signature_files: list[str], earlier: list[tuple[int, list[str]]],
+                  num_perm: int) -> tuple[pa.Table, np.ndarray]:
+    """Every node's columns but its signature, and the signatures as one (nodes x num_perm)
+    matrix filled file by file, so that no second copy of them is ever held."""
+    def sources():
+        for file in signature_files:
+            yield lambda f=file: pq.read_table(f)
+        for number, files in earlier:
+            for file in files:
+                yield lambda f=file, n=number: _earlier_rows(pq.read_table(f, columns=["id", "sig"]), n, num_perm)
+
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in signature_files]
+    counts += [pq.ParquetFile(f).metadata.num_rows for _, files in earlier for f in files]
+    sigs = np.empty((sum(counts), num_perm), dtype=np.uint32)
+    parts, start = [], 0
+    for read in sources():
+        table = read()
+        sigs[start:start + table.num_rows] = kernels.signatures_from_bytes(table.column("sig"), num_perm)
+        start += table.num_rows
+        parts.append(table.drop_columns(["sig"]))
+    schema = _sig_schema(num_perm)
+    nodes = pa.concat_tables(parts) if parts else schema.empty_table().drop_columns(["sig"])
+    return nodes, sigs[:start]
+
+
+def _gathered_bytes(signature_bytes: int, nodes: int, bands: int) -> int:
+    """Memory of the gathered MinHash step: the node rows (the signatures as a matrix), one
+    file's rows while reading, the band keys and the sort orders of one band, with room."""
+    return int(1.5 * signature_bytes) + nodes * (8 * bands + 64)
 
 
 # --------------------------------------------------------------------------- MinHash: executor
@@ -633,16 +860,50 @@ def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
         phases[name] = round(now - clock, 3)
         clock = now
 
-    earlier = _load_earlier(params)
-    sigs, summary = _checkpoint(ds.map_batches(functools.partial(_signature_rows, params=params),
-                                               batch_format="pyarrow", batch_size=ctx.batch_size),
-                                work / "signatures", _sig_schema(num_perm))
-    docs_compared = summary["rows"]
+    earlier = _earlier_indexes(params)
+    gathered = map_input_files(ctx, functools.partial(_signature_rows, params=params), work / "signatures",
+                               _sig_schema(num_perm))
+    signature_files = sorted(str(f) for f in (work / "signatures").glob("part-*.parquet"))
+    docs_compared = gathered["rows"]
     phase("signatures")
+    earlier_rows = sum(pq.ParquetFile(f).metadata.num_rows for _, files in earlier for f in files)
+    per_row = gathered["bytes"] / max(1, docs_compared)
+    estimate = _gathered_bytes(int(per_row * (docs_compared + earlier_rows)), docs_compared + earlier_rows, bands)
+    ctx.extra.update({"bands": bands, "rows": rows, "num_perm": num_perm, "threshold": params.threshold,
+                      "docs_compared": int(docs_compared), "gathered_bytes_estimate": estimate})
+    if _fits(ctx, estimate, 1.0):
+        ctx.extra["execution"] = "gathered"
+        summary = run_in_one_task(_cluster_in_one_task, signature_files, earlier, params, str(work / "decisions"))
+        phases.update(summary.pop("phase_seconds"))
+        phase("one_task")
+        ctx.extra.update({"candidate_pairs": int(summary["candidate_pairs"]),
+                          "verified_pairs": int(summary["verified_pairs"]), "cc_rounds": 0, "phase_seconds": phases})
+        result = _finish_gathered(op, ds, work / "decisions", summary, ctx)
+    else:
+        ctx.extra["execution"] = "distributed"
+        result = _distributed_minhash(op, ds, ctx, signature_files, earlier, int(docs_compared), phases, phase)
+    if params.save_index and not ctx.analyze:
+        _save_index(work / "signatures", params, ctx, int(docs_compared))
+    return result
+
+
+def _distributed_minhash(op: GlobalOperator, ds: Any, ctx: GlobalContext, signature_files: list[str],
+                         earlier: list[tuple[int, list[str]]], docs_compared: int, phases: dict[str, float],
+                         phase: Any) -> Any:
+    params: kernels.MinHashParams = op.params  # type: ignore[assignment]
+    bands, rows = params.band_rows
+    num_perm = params.num_perm
+    work = ctx.work_dir
+    if not signature_files:
+        _record({}, ctx)
+        ctx.extra.update({"candidate_pairs": 0, "verified_pairs": 0, "cc_rounds": 0, "phase_seconds": phases})
+        return ds
+    sigs = _ray_data().read_parquet(signature_files, schema=_sig_schema(num_perm))
+    earlier_nodes = _load_earlier(earlier, num_perm)
 
     # Candidates: a shuffle by band key, star edges per bucket, a shuffle by edge to drop
     # the same pair found in several bands.
-    nodes = sigs.union(*earlier) if earlier else sigs
+    nodes = sigs.union(*earlier_nodes) if earlier_nodes else sigs
     band_ds = nodes.map_batches(functools.partial(_band_rows, bands=bands, rows=rows, num_perm=num_perm),
                                 batch_format="pyarrow")
     edges = _shuffle_blocks(band_ds, ["band"], _partitions(ctx, docs_compared * bands), _bucket_edges)
@@ -666,7 +927,7 @@ def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
                                  _attach_signatures)
         pairs = _shuffle_blocks(joined, ["a", "b"], _partitions(ctx, 2 * candidates, 4 * num_perm + 64),
                                 functools.partial(_verify_pairs, num_perm=num_perm,
-                                                  threshold=params.threshold if params.verify else None))
+                                                  threshold=params.verify_threshold))
         pairs, pair_summary = _checkpoint(pairs, work / "pairs", PAIR_SCHEMA)
         verified = pair_summary["rows"]
     phase("verify")
@@ -678,11 +939,8 @@ def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
                                     functools.partial(_cluster_decisions, threshold=params.threshold))
         decisions, summary = _checkpoint(decisions, work / "decisions", DECISION_SCHEMA, _decision_summary)
         phase("clusters")
-    ctx.extra.update({"bands": bands, "rows": rows, "num_perm": num_perm, "threshold": params.threshold,
-                      "docs_compared": int(docs_compared), "candidate_pairs": int(candidates),
-                      "verified_pairs": int(verified), "cc_rounds": rounds, "phase_seconds": phases})
-    if params.save_index and not ctx.analyze:
-        _save_index(work / "signatures", params, ctx, int(docs_compared))
+    ctx.extra.update({"candidate_pairs": int(candidates), "verified_pairs": int(verified), "cc_rounds": rounds,
+                      "phase_seconds": phases})
     return _finish(op, ds, decisions, summary, ctx)
 
 
