@@ -50,6 +50,7 @@ from pipeline.config import PipelineConfig, StageSpec
 from pipeline.errors import ConfigError, KilnError, StageError
 from pipeline.ids import IdClaims, make_unique
 from pipeline.lock import RunLock
+from pipeline.progress import ProgressReporter
 from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 
 log = logging.getLogger("kiln")
@@ -361,13 +362,14 @@ def _stage_start(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool):
+def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool, progress: Any = None):
     from ray.data import Datasink
 
     class StageSink(Datasink):
         """Splits each block into kept and rejected rows, writes one parquet file of each per
         write task (named by the task index, so a retried task overwrites its own files), and
-        returns the task's counts; the driver adds them up in `on_write_complete`."""
+        returns the task's counts; the driver adds them up in `on_write_complete`. Rows are
+        reported to the `progress` counter actor (pipeline/progress.py) block by block."""
 
         def __init__(self) -> None:
             self.counts: dict[str, Any] = {}
@@ -381,6 +383,8 @@ def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reje
                 if not count_would_reject:
                     block_counts.pop("would_reject", None)
                 counts = stats_lib.merge(counts, block_counts)
+                if progress is not None:
+                    progress.add.remote(table.num_rows, block_counts.get("bytes_in", 0))
                 kept, rejected = split_rejected(table)
                 if kept.num_rows:
                     kept_parts.append(kept)
@@ -407,6 +411,20 @@ def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reje
             return WRITE_BUNDLE_BYTES
 
     return StageSink()
+
+
+def _progress_counter() -> Any:
+    import ray
+
+    from pipeline.progress import ProgressCounter
+
+    return ray.remote(num_cpus=0)(ProgressCounter).remote()
+
+
+def _read_progress(counter: Any) -> tuple[int, int]:
+    import ray
+
+    return ray.get(counter.read.remote(), timeout=10)
 
 
 # --------------------------------------------------------------------------- operators
@@ -523,6 +541,7 @@ class RunRequest:
     address: str | None = None
     num_cpus: int | None = None
     progress: bool = True
+    progress_interval: float = 30.0  # seconds between progress lines when output is not a terminal
 
 
 def output_dir(config: PipelineConfig, analyze: bool) -> Path | storage.Location:
@@ -651,6 +670,9 @@ class Runner:
         self.echo = echo
         self.run_dir = output_dir(config, request.analyze)
         self.dirs = stage_dirs(config, request.analyze)
+        self.progress = ProgressReporter(echo, request.progress_interval if request.progress else 0,
+                                         live=None if echo is print else False,
+                                         make_counter=_progress_counter, read_counter=_read_progress)
 
     def run(self) -> dict[str, Any]:
         files = expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
@@ -675,7 +697,8 @@ class Runner:
             if not planned:
                 self._write_config()
                 return self.write_run_stats()
-            session = connect_ray(self.config, self.request.address, self.request.num_cpus, self.request.progress)
+            # kiln prints its own progress lines (pipeline/progress.py), not Ray Data's bars.
+            session = connect_ray(self.config, self.request.address, self.request.num_cpus, progress=False)
             self._write_config()  # only once the cluster answered: a failed connect leaves no trace
             try:
                 for i, reason in planned:
@@ -751,13 +774,18 @@ class Runner:
         sink_counts: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
         segment_dirs: list[Path] = []  # the scratch segments written so far (a global operator's input)
+        expected_first = (storage.read_json(self.dirs[index - 1] / storage.STATS).get("docs_out")
+                          if index > 0 else None)
 
         def write(dataset: Any, segment: int, final: bool) -> Any:
             """Write the rows so far: rejected ones to the stage's rejected/, kept ones to
             data/ (final) or to a scratch segment that the next operator reads back."""
             target = tmp_dir / storage.DATA if final else tmp_dir / "_work" / f"segment-{segment}"
-            sink = _make_sink(target, rejected_dir, f"s{segment}", count_would_reject=final)
-            dataset.write_datasink(sink)
+            label = self.dirs[index].name + ("" if segment == 0 else f" (part {segment + 1})")
+            expected = sink_counts[-1].get("kept") if sink_counts else expected_first
+            with self.progress.watch(label, expected) as counter:
+                sink = _make_sink(target, rejected_dir, f"s{segment}", count_would_reject=final, progress=counter)
+                dataset.write_datasink(sink)
             sink_counts.append(sink.counts)
             segment_dirs.append(target)
             return None if final else read_stage_dataset(target, batch_size, num_cpus)
