@@ -56,6 +56,7 @@ from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read
 log = logging.getLogger("kiln")
 BYTES_IN = "_kiln.bytes_in"
 TARGET_READ_BYTES = 128 << 20
+MIN_READ_BYTES = 1 << 20  # smaller inputs are read by one task
 WRITE_BUNDLE_BYTES = 16 << 20
 
 
@@ -276,7 +277,20 @@ def _group_by_size(items: list[Any], sizes: list[int], target: int) -> list[list
 
 
 def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claims: Any) -> Iterator[pa.Table]:
+    """Read a group of input files batch by batch, ids made unique (pipeline/ids.py). With an
+    IdClaims actor (`claims`, when several tasks read), each batch's claim is sent before the
+    next batch is read and collected after, so the actor's round trip overlaps the reading;
+    with None (one read task holds every input) the claims are kept in this task."""
     import ray
+
+    local = IdClaims() if claims is None else None
+    pending: tuple[pa.Table, Any, float] | None = None
+
+    def finish(table: pa.Table, reply: Any, seconds: float) -> pa.Table:
+        started = time.perf_counter()
+        table = make_unique(table, lambda _: ray.get(reply))
+        per_row = (seconds + time.perf_counter() - started) / max(1, table.num_rows)
+        return table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
 
     for file, spec in group:
         batches = read_file(file, spec, batch_rows)
@@ -285,9 +299,18 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claim
             table = next(batches, None)
             if table is None:
                 break
-            table = make_unique(table, lambda ids: ray.get(claims.claim.remote(ids)))
-            per_row = (time.perf_counter() - started) / max(1, table.num_rows)
-            yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
+            if local is not None:
+                table = make_unique(table, local.claim)
+                per_row = (time.perf_counter() - started) / max(1, table.num_rows)
+                yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
+                continue
+            reply = claims.claim.remote(table.column("id").to_pylist())
+            seconds = time.perf_counter() - started
+            if pending is not None:
+                yield finish(*pending)
+            pending = (table, reply, seconds)
+    if pending is not None:
+        yield finish(*pending)
 
 
 def _read_parquet_group(group: list[str], schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
@@ -321,16 +344,25 @@ def _file_groups_dataset(groups: list[list[Any]], sizes: list[int], read: Callab
     return read_datasource(FileGroups())
 
 
-def read_inputs_dataset(config: PipelineConfig, num_cpus: int, claims: Any):
-    """The inputs as one Dataset; `claims` (an IdClaims actor) makes ids unique across tasks."""
+def read_inputs_dataset(config: PipelineConfig, num_cpus: int) -> tuple[Any, Any]:
+    """The inputs as one Dataset, and the IdClaims actor that makes ids unique across its read
+    tasks (None when one task reads everything and keeps the claims itself: no actor to
+    start, no round trip per batch); the caller kills the actor after the stage."""
     files = expand_inputs(config.inputs)
     pairs = [(f, config.inputs[f.spec_index]) for f in files]
     total = sum(f.size for f in files)
-    target = max(1 << 20, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
+    target = max(MIN_READ_BYTES, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
     groups = _group_by_size(pairs, [f.size for f in files], target)
     sizes = [sum(f.size for f, _ in g) for g in groups]
+    claims = None
+    if len(groups) > 1:
+        import ray
+
+        # One actor holds the ids read so far, for every read task; it goes with the driver's
+        # job. num_cpus=0: it must never wait for a CPU.
+        claims = ray.remote(num_cpus=0)(IdClaims).remote()
     read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=claims)
-    return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA)
+    return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA), claims
 
 
 def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int):
@@ -760,13 +792,9 @@ class Runner:
         batch_size = self.config.ray.batch_size
         ops = _label_operators(stage)
         labels = ([(READ_OP, READ_OP, "reader")] if index == 0 else []) + [(op.label, op.name, op.kind) for op, _ in ops]
+        claims = None
         if index == 0:
-            import ray
-
-            # One actor holds the ids read so far, for every read task (pipeline/ids.py); it
-            # goes with the driver's job. num_cpus=0: it must never wait for a CPU.
-            claims = ray.remote(num_cpus=0)(IdClaims).remote()
-            ds = read_inputs_dataset(self.config, num_cpus, claims)
+            ds, claims = read_inputs_dataset(self.config, num_cpus)
         else:
             ds = read_stage_dataset(self.dirs[index - 1] / storage.DATA, batch_size, num_cpus)
         ds = ds.map_batches(_stage_start, batch_format="pyarrow", batch_size=batch_size)
@@ -821,7 +849,9 @@ class Runner:
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         storage.remove_tree(tmp_dir / "_work")
-        if index == 0:
+        if claims is not None:
+            import ray
+
             ray.kill(claims)
         return sink_counts, extra, labels
 

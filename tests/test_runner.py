@@ -12,7 +12,7 @@ import pytest
 
 from operators.base import GlobalOperator, Mapper, Params
 from operators.registry import register
-from pipeline import storage
+from pipeline import runner, storage
 from pipeline.errors import KilnError, StageError
 from pipeline.global_ops import global_executor, mark_rejected
 from pipeline.verify import verify_run
@@ -250,10 +250,15 @@ def test_an_unreachable_cluster_address_fails_fast():
     check_reachable("auto")  # left to Ray
 
 
-def test_repeated_ids_across_files_and_read_tasks_become_unique_and_dedup_adds_up(run_config, tmp_path, shared_data):
+@pytest.mark.parametrize("read_tasks", ["one", "several"])
+def test_repeated_ids_across_files_and_read_tasks_become_unique_and_dedup_adds_up(run_config, tmp_path, shared_data,
+                                                                                 monkeypatch, read_tasks):
     """Issue 17 item 1: the same id twice (two identical lines, and in two files read by
     different tasks) was kept twice by stage 1, then exact_dedup said `25 in -> 25 kept,
-    2 rejected` and `kiln run` exited 0."""
+    2 rejected` and `kiln run` exited 0. One read task keeps the claims itself; several ask
+    one IdClaims actor, each batch's claim overlapping the next batch's read (issue 14)."""
+    if read_tasks == "several":
+        monkeypatch.setattr(runner, "MIN_READ_BYTES", 1)  # every file its own read task
     lines = (shared_data / "zh_uer_corpora/corpora/CLUECorpusSmall_sampled.txt").read_text().splitlines()[:20]
     (tmp_path / "in").mkdir()
     records = [json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) for i, t in enumerate(lines)]
