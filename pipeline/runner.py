@@ -512,10 +512,9 @@ def check_fits(spec: Any, num_cpus: float, num_gpus: float, memory: int | None,
                      f"(the largest has {have}); lower {spec.where}.resources or add such a node")
 
 
-def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bool,
-                  cpu_cap: float | None = None) -> Any:
-    from ray.data import ActorPoolStrategy
-
+def _task_kwargs(op: Operator, spec: Any, batch_size: int, cpu_cap: float | None) -> dict[str, Any]:
+    """The map_batches arguments of one operator: its batch size and the CPUs, GPUs, memory
+    and concurrency it declares or the config overrides."""
     resources = spec.resources
     num_cpus = resources.num_cpus if resources.num_cpus is not None else op.resources.num_cpus
     if resources.num_cpus is None and cpu_cap is not None and _runs_as_actor(op, spec):
@@ -529,25 +528,74 @@ def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bo
         kwargs["num_gpus"] = num_gpus
     if memory:
         kwargs["memory"] = memory
-    if _runs_as_actor(op, spec):
-        # By default the pool grows to as many actors as the cluster can hold at once.
-        import ray
-
-        cluster = ray.cluster_resources()
-        if num_gpus:
-            fits = int(cluster.get("GPU", 0) // num_gpus)
-        else:
-            fits = int(max(1.0, cluster.get("CPU", 1) - 1) // max(num_cpus, 0.01))
-        max_size = resources.concurrency or max(1, fits)
-        return ds.map_batches(
-            _ActorOperator,
-            fn_constructor_kwargs={"name": op.name, "params": spec.params, "label": op.label, "analyze": analyze},
-            compute=ActorPoolStrategy(min_size=1, max_size=max_size),
-            **kwargs,
-        )
-    if resources.concurrency:
+    if resources.concurrency and not _runs_as_actor(op, spec):
         kwargs["concurrency"] = resources.concurrency
-    return ds.map_batches(functools.partial(apply_operator, op, analyze=analyze), **kwargs)
+    return kwargs
+
+
+def _apply_chain(ops: list[Operator], batch: pa.Table, *, analyze: bool, start: bool) -> pa.Table:
+    """Several per-batch operators (and the stage's start) on one batch, in order."""
+    if start:
+        batch = _stage_start(batch)
+    for op in ops:
+        batch = apply_operator(op, batch, analyze=analyze)
+    return batch
+
+
+def _map_operators(ds: Any, ops: list[tuple[Operator, Any]], batch_size: int, analyze: bool,
+                   cpu_cap: float | None = None, start: bool = False) -> Any:
+    """The per-batch operators of a segment as map_batches calls. Consecutive plain-task
+    operators that ask for the same resources and batch size are one call (one function
+    applying them in turn, with the stage start before the first when `start`): Ray would
+    fuse them into one task anyway, but re-batch the rows between them, which on cheap
+    operators costs as much as the operators (docs/benchmarks.md, Runner overhead)."""
+    chain: list[Operator] = []
+    chain_kwargs: dict[str, Any] | None = None
+
+    def flush(ds: Any) -> Any:
+        nonlocal start, chain_kwargs
+        if chain or start:
+            fn = functools.partial(_apply_chain, list(chain), analyze=analyze, start=start)
+            kwargs = chain_kwargs if chain else {"batch_format": "pyarrow", "batch_size": batch_size}
+            ds = ds.map_batches(fn, **kwargs)
+            start = False
+        chain.clear()
+        chain_kwargs = None
+        return ds
+
+    for op, spec in ops:
+        kwargs = _task_kwargs(op, spec, batch_size, cpu_cap)
+        if _runs_as_actor(op, spec):
+            ds = flush(ds)
+            ds = _map_actor(ds, op, spec, analyze, kwargs)
+            continue
+        if chain and kwargs != chain_kwargs:
+            ds = flush(ds)
+        if start and not chain and kwargs["batch_size"] != batch_size:
+            ds = flush(ds)  # the stage start keeps the stage's batch size
+        chain.append(op)
+        chain_kwargs = kwargs
+    return flush(ds)
+
+
+def _map_actor(ds: Any, op: Operator, spec: Any, analyze: bool, kwargs: dict[str, Any]) -> Any:
+    """An operator with a setup() (a model) or GPUs: an actor pool that grows, by default, to
+    as many actors as the cluster can hold at once."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cluster = ray.cluster_resources()
+    if kwargs.get("num_gpus"):
+        fits = int(cluster.get("GPU", 0) // kwargs["num_gpus"])
+    else:
+        fits = int(max(1.0, cluster.get("CPU", 1) - 1) // max(kwargs["num_cpus"], 0.01))
+    max_size = spec.resources.concurrency or max(1, fits)
+    return ds.map_batches(
+        _ActorOperator,
+        fn_constructor_kwargs={"name": op.name, "params": spec.params, "label": op.label, "analyze": analyze},
+        compute=ActorPoolStrategy(min_size=1, max_size=max_size),
+        **kwargs,
+    )
 
 
 def _label_operators(stage: StageSpec) -> list[tuple[Operator, Any]]:
@@ -797,7 +845,6 @@ class Runner:
             ds, claims = read_inputs_dataset(self.config, num_cpus)
         else:
             ds = read_stage_dataset(self.dirs[index - 1] / storage.DATA, batch_size, num_cpus)
-        ds = ds.map_batches(_stage_start, batch_format="pyarrow", batch_size=batch_size)
         rejected_dir = tmp_dir / storage.REJECTED
         sink_counts: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
@@ -822,11 +869,15 @@ class Runner:
         segment = 0
         on_disk = False  # ds is a segment just read back, with no operator applied since
         finished = False
+        start = True  # the stage start (_stage_start) runs with the first per-batch operators
+        per_batch: list[tuple[Operator, Any]] = []  # per-batch operators not mapped yet
         for position, (op, spec) in enumerate(ops):
             if op.kind != "global":
-                ds = _map_operator(ds, op, spec, batch_size, analyze, cpu_cap)
-                on_disk = False
+                per_batch.append((op, spec))
                 continue
+            if per_batch or start:
+                ds = _map_operators(ds, per_batch, batch_size, analyze, cpu_cap, start=start)
+                per_batch, start, on_disk = [], False, False
             if not on_disk:  # a global operator reads its input more than once: from disk
                 ds = write(ds, segment, final=False)
                 segment += 1
@@ -844,6 +895,8 @@ class Runner:
             ctx.extra["wall_seconds"] = round(time.perf_counter() - started, 3)
             extra[op.label] = ctx.extra
             sink_counts[-1].setdefault("seconds", {})[op.label] = ctx.extra["wall_seconds"]
+        if per_batch or start:
+            ds = _map_operators(ds, per_batch, batch_size, analyze, cpu_cap, start=start)
         if not finished:
             write(ds, segment, final=True)
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
