@@ -32,6 +32,11 @@ class ProgressCounter:
     def read(self) -> tuple[int, int]:
         return self.rows, self.text_bytes
 
+    def reset(self) -> None:
+        """Zero the counts: the runner reuses one counter actor for every write of a run."""
+        self.rows = 0
+        self.text_bytes = 0
+
 
 def _duration(seconds: float) -> str:
     seconds = round(seconds)

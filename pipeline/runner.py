@@ -445,12 +445,23 @@ def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reje
     return StageSink()
 
 
-def _progress_counter() -> Any:
-    import ray
+class _ProgressCounters:
+    """One progress counter actor for all the writes of a run, zeroed before each: an actor
+    is a worker process to start (a second or two of CPU on a small machine), too much to pay
+    for every stage and segment."""
 
-    from pipeline.progress import ProgressCounter
+    def __init__(self) -> None:
+        self.actor: Any = None
 
-    return ray.remote(num_cpus=0)(ProgressCounter).remote()
+    def __call__(self) -> Any:
+        import ray
+
+        from pipeline.progress import ProgressCounter
+
+        if self.actor is None:
+            self.actor = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        ray.get(self.actor.reset.remote(), timeout=60)
+        return self.actor
 
 
 def _read_progress(counter: Any) -> tuple[int, int]:
@@ -752,7 +763,7 @@ class Runner:
         self.dirs = stage_dirs(config, request.analyze)
         self.progress = ProgressReporter(echo, request.progress_interval if request.progress else 0,
                                          live=None if echo is print else False,
-                                         make_counter=_progress_counter, read_counter=_read_progress)
+                                         make_counter=_ProgressCounters(), read_counter=_read_progress)
 
     def run(self) -> dict[str, Any]:
         files = expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts

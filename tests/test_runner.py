@@ -333,3 +333,8 @@ def test_progress_lines_name_the_stage_documents_rate_and_eta(tmp_path, ray_loca
     # A later stage expects the documents the stage before kept.
     expected = f"/ {stats['stages'][0]['docs_out']:,} docs"
     assert any(line.startswith("02-filter:") and expected in line and "%" in line for line in progress), progress
+    # One counter serves every write of the run (issue 14), zeroed before each: the second
+    # stage never counts the first stage's rows.
+    done = [int(line.split(": ")[1].split(" / ")[0].replace(",", "")) for line in progress
+            if line.startswith("02-filter:")]
+    assert max(done) <= stats["stages"][0]["docs_out"], progress
