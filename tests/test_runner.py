@@ -338,3 +338,36 @@ def test_progress_lines_name_the_stage_documents_rate_and_eta(tmp_path, ray_loca
     done = [int(line.split(": ")[1].split(" / ")[0].replace(",", "")) for line in progress
             if line.startswith("02-filter:")]
     assert max(done) <= stats["stages"][0]["docs_out"], progress
+
+
+class BatchRowsParams(Params):
+    column: str = "rows_seen"
+
+
+@register
+class RecordBatchRows(Mapper):
+    """Writes into a column how many rows the batch it was given had."""
+
+    name = "test_record_batch_rows"
+    Params = BatchRowsParams
+
+    def map(self, batch: pa.Table) -> pa.Table:
+        return batch.append_column(self.params.column, pa.array([batch.num_rows] * batch.num_rows, pa.int64()))
+
+
+def test_fused_operators_keep_each_operators_batch_size(run_config, corpus):
+    """Issue 14: consecutive plain-task operators run as one map_batches call; one that asks
+    for its own batch size is not fused with its neighbours and gets batches of that size."""
+    config = pipeline_config(corpus)
+    config["ray"]["batch_size"] = 16
+    config["stages"] = [{"name": "one", "ops": [
+        {"test_record_batch_rows": {"column": "a"}},
+        {"test_record_batch_rows": {"column": "b"}},
+        {"op": "test_record_batch_rows", "params": {"column": "small"}, "resources": {"batch_size": 5}},
+        {"test_record_batch_rows": {"column": "c"}},
+    ]}]
+    stats, run_dir = run_config(config)
+    table = storage.read_table(run_dir / "01-one/data", ["a", "b", "small", "c"])
+    sizes = {name: pc.max(table.column(name)).as_py() for name in table.column_names}
+    assert sizes == {"a": 16, "b": 16, "small": 5, "c": 16}, sizes
+    assert stats["stages"][0]["docs_in"] == stats["stages"][0]["docs_out"] + stats["stages"][0]["rejected_total"]
