@@ -129,7 +129,7 @@ $(BENCH_STAMP):
 	$(BENCH_VENV)/bin/pip install --upgrade pip
 	# datatrove gets its own environment: it replaces the `fasttext` module and pins xxhash<4.
 	# Its word tokenizers need spaCy (blank models, nothing downloaded) and jieba for Chinese.
-	$(BENCH_VENV)/bin/pip install 'datatrove[processing]==0.10.1' 'spacy>=3.7' 'jieba>=0.42'
+	$(BENCH_VENV)/bin/pip install 'datatrove[processing]==0.10.1' 'spacy>=3.7' 'jieba>=0.42' 'orjson>=3.9'
 	touch $@
 
 bench: bench-clean  # the cleaning benchmark is part of `make bench`
@@ -195,6 +195,19 @@ bench-dedup: setup  ## dedup: accuracy vs exact Jaccard, signatures/s, whole `ki
 	$(PY) -c "import rensa" 2>/dev/null || $(VENV)/bin/pip install 'rensa==0.5.0'
 	$(PY) benchmarks/bench_dedup.py --accuracy --exact --docs $(DEDUP_DOCS) --work $(DEDUP_WORK) \
 	  --peer-max-docs $(DEDUP_DATASKETCH_DOCS) --json $(DEDUP_WORK)/bench-dedup.json
+
+# --------------------------------------------------------------------------- the whole pipeline
+# The demo's pipeline through `kiln run` beside datatrove's closest steps, on a generated zh+en
+# corpus (PIPELINE_MB, default 1 GB, and its first-file-per-source slice, ~100 MB), generated
+# once into PIPELINE_WORK. Takes hours on 2 cores at 1 GB; PIPELINE_SIZES=slice for the slice.
+.PHONY: bench-pipeline
+PIPELINE_WORK  ?= data/bench-pipeline
+PIPELINE_MB    ?= 1024
+PIPELINE_SIZES ?= slice,full
+bench-pipeline: setup bench-env lm-models tokenizer  ## whole pipeline vs datatrove at 100 MB and 1 GB (PIPELINE_MB, PIPELINE_SIZES)
+	$(BENCH_VENV)/bin/python -c "import orjson" 2>/dev/null || $(BENCH_VENV)/bin/pip install 'orjson>=3.9'
+	$(PY) benchmarks/bench_pipeline.py --work $(PIPELINE_WORK) --total-mb $(PIPELINE_MB) \
+		--sizes $(PIPELINE_SIZES) --json bench-pipeline.json
 
 # --------------------------------------------------------------------------- scoring and buckets
 # KenLM's lmplz and build_binary (which no wheel ships) are built from the kenlm sdist by

@@ -171,8 +171,8 @@ def end_to_end(folder: Path, work: Path, docs: list[str], sources: list[str], se
     stage = json.loads((run / "01-pack/stats.json").read_text())
     extra = stage["extra"]["tokenize_pack"]
     return {"parallel_encode": parallel, "command_seconds": wall, "stage_seconds": stage["seconds"],
-            "op_seconds": extra["wall_seconds"], "content_tokens": extra["content_tokens"],
-            "non_padding_fraction": extra["non_padding_fraction"]}
+            "op_seconds": extra["wall_seconds"], "phase_seconds": extra.get("phase_seconds", {}),
+            "content_tokens": extra["content_tokens"], "non_padding_fraction": extra["non_padding_fraction"]}
 
 
 def main() -> int:
@@ -184,6 +184,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2, help="Ray CPUs end to end")
     parser.add_argument("--no-e2e", action="store_true", help="skip the runs through Ray")
+    parser.add_argument("--e2e-repeats", type=int, default=3,
+                        help="rounds of the kernels in process and `kiln run` through Ray, in turns")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "kiln-bench-pack"))
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
@@ -221,13 +223,30 @@ def main() -> int:
             modes.append(pack_only(folder, typed["files"], work / "typed", mode, seq_len, 1 << 24))
     results["modes"] = modes
     e2e = []
+    rounds = []
     if not args.no_e2e:
+        # The kernels in process and the operator through Ray in turns, so that load from other
+        # work hits both alike; the ratio is taken per round.
+        for _ in range(args.e2e_repeats):
+            wall = time.perf_counter()
+            kiln_in_process(folder, table, args.batch, params, work / "in-process")
+            in_process = time.perf_counter() - wall
+            row = end_to_end(folder, work, docs, sources, args.seq_len, False, args.num_cpus)
+            rounds.append({"in_process_seconds": in_process, **row})
         for parallel in (False, True):
-            row = end_to_end(folder, work, docs, sources, args.seq_len, parallel, args.num_cpus)
+            if parallel:
+                row = end_to_end(folder, work, docs, sources, args.seq_len, parallel, args.num_cpus)
+            else:
+                row = dict(sorted(rounds, key=lambda r: r["op_seconds"])[len(rounds) // 2])  # the median round
             row["tokens_per_s_stage"] = base_tokens / row["stage_seconds"]
             row["tokens_per_s_op"] = base_tokens / row["op_seconds"]
             e2e.append(row)
     results["end_to_end"] = e2e
+    results["rounds"] = rounds
+    if rounds:
+        ratios = sorted(r["in_process_seconds"] / r["op_seconds"] for r in rounds)
+        results["ray_vs_in_process"] = statistics.median(ratios)
+        results["ray_vs_in_process_rounds"] = ratios
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
@@ -246,6 +265,16 @@ def main() -> int:
               f"{row['op_seconds']:.2f} / {row['stage_seconds']:.2f} | | {row['tokens_per_s_op']:,.0f} / "
               f"{row['tokens_per_s_stage']:,.0f} | {base_best / row['op_seconds']:.2f}x / "
               f"{base_best / row['stage_seconds']:.2f}x |")
+    if rounds:
+        print(f"\nkiln tokenize_pack through Ray vs its kernels in process, {len(rounds)} interleaved rounds "
+              f"(load average {os.getloadavg()[0]:.1f} at the end):\n")
+        print("| round | kernels in process s | Ray operator s | Ray phases s | Ray whole stage s | operator vs in process |")
+        print("|---|---|---|---|---|---|")
+        for i, r in enumerate(rounds, 1):
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in r["phase_seconds"].items())
+            print(f"| {i} | {r['in_process_seconds']:.2f} | {r['op_seconds']:.2f} | {phases} | "
+                  f"{r['stage_seconds']:.2f} | {r['in_process_seconds'] / r['op_seconds']:.2f}x |")
+        print(f"\nmedian operator vs in process: {results['ray_vs_in_process']:.2f}x")
     print("\n| mode | seq_len | non-padding fraction | documents cut | sequences |")
     print("|---|---|---|---|---|")
     for row in modes:

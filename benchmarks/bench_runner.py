@@ -11,7 +11,7 @@ The corpus is every line of ../shared/data/zh_uer_corpora's corpora and Weibo po
 - kiln runner: `kiln run` on a local Ray with all cores (reader, operators, atomic stage
   writer, accounting).
 
-Usage: python benchmarks/bench_runner.py [--ops 3] [--repeat 1] [--json out.json]
+In process and through Ray run in turns (--repeats rounds, medians reported, with the CPU\nseconds of all processes: the driver, Ray's raylet and workers), so that load from other\nwork on a shared machine hits both alike.\n\nUsage: python benchmarks/bench_runner.py [--ops 3] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -112,15 +113,45 @@ def bench_kiln_runner(corpus: Path, out: Path, n_ops: int) -> tuple[float, float
     return time.perf_counter() - started, stats["stages"][0]["seconds"]
 
 
+def _cpu_by_process() -> dict[int, float]:
+    """CPU seconds of this process and of every process under it (Ray's raylet and workers
+    when Ray was started here), by pid."""
+    import psutil
+
+    me = psutil.Process()
+    seconds = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            seconds[proc.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+    return seconds
+
+
+def _measure(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process tree) of fn(); a stage's own seconds if fn
+    returns a number. A process that ended in between (an actor killed after its stage) is
+    not counted, so Ray's figure is a lower bound."""
+    before, wall = _cpu_by_process(), time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - wall
+    after = _cpu_by_process()
+    cpu = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+    return (result if isinstance(result, float) else wall), cpu
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", type=int, default=3, help="identity operators in the stage")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of in-process and Ray")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print("skipped: ../shared/data is not present")
         return 0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = tmp / "corpus.jsonl"
@@ -128,34 +159,51 @@ def main() -> int:
         mb = corpus.stat().st_size / 1e6
         rows = []
         t = bench_plain_loop(corpus, tmp, args.ops)
-        rows.append(("pyarrow read_json + loop (1 process)", t))
+        rows.append(("pyarrow read_json + loop (1 process)", [t], []))
         t = bench_pyarrow(corpus, tmp, args.ops)
-        rows.append((f"pyarrow read_json + kiln run_operators x{args.ops} (1 process)", t))
-        t = bench_kiln_in_process(corpus, tmp, args.ops)
-        rows.append((f"kiln reader + run_operators x{args.ops} (1 process, no Ray)", t))
+        rows.append((f"pyarrow read_json + kiln run_operators x{args.ops} (1 process)", [t], []))
         import ray
 
         cpus = os.cpu_count()
         started = time.perf_counter()
         ray.init(num_cpus=cpus, object_store_memory=1 << 30, include_dashboard=False, logging_level="ERROR")
         ray_start = time.perf_counter() - started
-        _, cold = bench_kiln_runner(corpus, tmp, args.ops)
-        warm = min(bench_kiln_runner(corpus, tmp, args.ops)[1] for _ in range(2))
+        cold = bench_kiln_runner(corpus, tmp, args.ops)[1]
+        # In process and through Ray in turns, so that load from other work hits both alike.
+        inproc_wall, inproc_cpu, ray_wall, ray_cpu = [], [], [], []
+        for _ in range(args.repeats):
+            wall, cpu = _measure(lambda: bench_kiln_in_process(corpus, tmp, args.ops))
+            inproc_wall.append(wall)
+            inproc_cpu.append(cpu)
+            wall, cpu = _measure(lambda: bench_kiln_runner(corpus, tmp, args.ops)[1])
+            ray_wall.append(wall)
+            ray_cpu.append(cpu)
         ray.shutdown()
-        rows.append((f"kiln run on local Ray ({cpus} CPUs), first stage (workers start)", cold))
-        rows.append((f"kiln run on local Ray ({cpus} CPUs), warm workers", warm))
-        rows.append(("(Ray start, once per `kiln run`)", ray_start))
+        rows.append((f"kiln reader + run_operators x{args.ops} (1 process, no Ray)", inproc_wall, inproc_cpu))
+        rows.append((f"kiln run on local Ray ({cpus} CPUs), warm workers (stage seconds)", ray_wall, ray_cpu))
+        rows.append((f"kiln run on local Ray ({cpus} CPUs), first stage (workers start)", [cold], []))
+        rows.append(("(Ray start, once per `kiln run`)", [ray_start], []))
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\ncorpus: {docs:,} Chinese documents, {mb:.1f} MB JSONL; identity operators: {args.ops}\n")
-    print("| pipeline | seconds | docs/s | MB/s |")
+    load_after = os.getloadavg()
+    print(f"\ncorpus: {docs:,} Chinese documents, {mb:.1f} MB JSONL; identity operators: {args.ops}; "
+          f"{args.repeats} interleaved rounds; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
+    print("| pipeline | seconds (median, min-max) | docs/s (median) | CPU s (median, all processes) |")
     print("|---|---:|---:|---:|")
     results = []
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.2f} | {docs / seconds:,.0f} | {mb / seconds:.1f} |")
-        results.append({"pipeline": name, "seconds": seconds, "docs_per_s": docs / seconds})
-    print(f"\ndriver peak RSS: {peak_mb:.0f} MB")
+    for name, walls, cpus_used in rows:
+        median = statistics.median(walls)
+        spread = f" ({min(walls):.2f}-{max(walls):.2f})" if len(walls) > 1 else ""
+        cpu = f"{statistics.median(cpus_used):.2f}" if cpus_used else ""
+        print(f"| {name} | {median:.2f}{spread} | {docs / median:,.0f} | {cpu} |")
+        results.append({"pipeline": name, "seconds": walls, "cpu_seconds": cpus_used, "docs_per_s": docs / median})
+    ratios = sorted(i / r for i, r in zip(inproc_wall, ray_wall))
+    print(f"\nRay stage / in process, docs/s per round: median {statistics.median(ratios):.2f}x "
+          f"({', '.join(f'{r:.2f}' for r in ratios)}); CPU seconds in process / through Ray: "
+          f"{statistics.median(inproc_cpu) / statistics.median(ray_cpu):.2f}x")
+    print(f"driver peak RSS: {peak_mb:.0f} MB")
     if args.json:
-        Path(args.json).write_text(json.dumps({"docs": docs, "mb": mb, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"docs": docs, "mb": mb, "load": [load_before, load_after],
+                                               "results": results}, indent=2))
     return 0
 
 

@@ -51,11 +51,13 @@ from pipeline.config import PipelineConfig, StageSpec
 from pipeline.errors import ConfigError, KilnError, StageError
 from pipeline.ids import IdClaims, make_unique
 from pipeline.lock import RunLock
+from pipeline.progress import ProgressReporter
 from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 
 log = logging.getLogger("kiln")
 BYTES_IN = "_kiln.bytes_in"
 TARGET_READ_BYTES = 128 << 20
+MIN_READ_BYTES = 1 << 20  # smaller inputs are read by one task
 WRITE_BUNDLE_BYTES = 16 << 20
 
 
@@ -277,7 +279,20 @@ def _group_by_size(items: list[Any], sizes: list[int], target: int) -> list[list
 
 
 def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claims: Any) -> Iterator[pa.Table]:
+    """Read a group of input files batch by batch, ids made unique (pipeline/ids.py). With an
+    IdClaims actor (`claims`, when several tasks read), each batch's claim is sent before the
+    next batch is read and collected after, so the actor's round trip overlaps the reading;
+    with None (one read task holds every input) the claims are kept in this task."""
     import ray
+
+    local = IdClaims() if claims is None else None
+    pending: tuple[pa.Table, Any, float] | None = None
+
+    def finish(table: pa.Table, reply: Any, seconds: float) -> pa.Table:
+        started = time.perf_counter()
+        table = make_unique(table, lambda _: ray.get(reply))
+        per_row = (seconds + time.perf_counter() - started) / max(1, table.num_rows)
+        return table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
 
     for file, spec in group:
         batches = read_file(file, spec, batch_rows)
@@ -286,9 +301,18 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claim
             table = next(batches, None)
             if table is None:
                 break
-            table = make_unique(table, lambda ids: ray.get(claims.claim.remote(ids)))
-            per_row = (time.perf_counter() - started) / max(1, table.num_rows)
-            yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
+            if local is not None:
+                table = make_unique(table, local.claim)
+                per_row = (time.perf_counter() - started) / max(1, table.num_rows)
+                yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
+                continue
+            reply = claims.claim.remote(table.column("id").to_pylist())
+            seconds = time.perf_counter() - started
+            if pending is not None:
+                yield finish(*pending)
+            pending = (table, reply, seconds)
+    if pending is not None:
+        yield finish(*pending)
 
 
 def _read_parquet_group(group: list[str], schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
@@ -322,16 +346,25 @@ def _file_groups_dataset(groups: list[list[Any]], sizes: list[int], read: Callab
     return read_datasource(FileGroups())
 
 
-def read_inputs_dataset(config: PipelineConfig, num_cpus: int, claims: Any):
-    """The inputs as one Dataset; `claims` (an IdClaims actor) makes ids unique across tasks."""
+def read_inputs_dataset(config: PipelineConfig, num_cpus: int) -> tuple[Any, Any]:
+    """The inputs as one Dataset, and the IdClaims actor that makes ids unique across its read
+    tasks (None when one task reads everything and keeps the claims itself: no actor to
+    start, no round trip per batch); the caller kills the actor after the stage."""
     files = expand_inputs(config.inputs)
     pairs = [(f, config.inputs[f.spec_index]) for f in files]
     total = sum(f.size for f in files)
-    target = max(1 << 20, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
+    target = max(MIN_READ_BYTES, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
     groups = _group_by_size(pairs, [f.size for f in files], target)
     sizes = [sum(f.size for f, _ in g) for g in groups]
+    claims = None
+    if len(groups) > 1:
+        import ray
+
+        # One actor holds the ids read so far, for every read task; it goes with the driver's
+        # job. num_cpus=0: it must never wait for a CPU.
+        claims = ray.remote(num_cpus=0)(IdClaims).remote()
     read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=claims)
-    return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA)
+    return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA), claims
 
 
 def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int):
@@ -363,13 +396,14 @@ def _stage_start(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool):
+def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool, progress: Any = None):
     from ray.data import Datasink
 
     class StageSink(Datasink):
         """Splits each block into kept and rejected rows, writes one parquet file of each per
         write task (named by the task index, so a retried task overwrites its own files), and
-        returns the task's counts; the driver adds them up in `on_write_complete`."""
+        returns the task's counts; the driver adds them up in `on_write_complete`. Rows are
+        reported to the `progress` counter actor (pipeline/progress.py) block by block."""
 
         def __init__(self) -> None:
             self.counts: dict[str, Any] = {}
@@ -383,6 +417,8 @@ def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reje
                 if not count_would_reject:
                     block_counts.pop("would_reject", None)
                 counts = stats_lib.merge(counts, block_counts)
+                if progress is not None:
+                    progress.add.remote(table.num_rows, block_counts.get("bytes_in", 0))
                 kept, rejected = split_rejected(table)
                 if kept.num_rows:
                     kept_parts.append(kept)
@@ -409,6 +445,31 @@ def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reje
             return WRITE_BUNDLE_BYTES
 
     return StageSink()
+
+
+class _ProgressCounters:
+    """One progress counter actor for all the writes of a run, zeroed before each: an actor
+    is a worker process to start (a second or two of CPU on a small machine), too much to pay
+    for every stage and segment."""
+
+    def __init__(self) -> None:
+        self.actor: Any = None
+
+    def __call__(self) -> Any:
+        import ray
+
+        from pipeline.progress import ProgressCounter
+
+        if self.actor is None:
+            self.actor = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        ray.get(self.actor.reset.remote(), timeout=60)
+        return self.actor
+
+
+def _read_progress(counter: Any) -> tuple[int, int]:
+    import ray
+
+    return ray.get(counter.read.remote(), timeout=10)
 
 
 # --------------------------------------------------------------------------- operators
@@ -464,10 +525,9 @@ def check_fits(spec: Any, num_cpus: float, num_gpus: float, memory: int | None,
                      f"(the largest has {have}); lower {spec.where}.resources or add such a node")
 
 
-def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bool,
-                  cpu_cap: float | None = None) -> Any:
-    from ray.data import ActorPoolStrategy
-
+def _task_kwargs(op: Operator, spec: Any, batch_size: int, cpu_cap: float | None) -> dict[str, Any]:
+    """The map_batches arguments of one operator: its batch size and the CPUs, GPUs, memory
+    and concurrency it declares or the config overrides."""
     resources = spec.resources
     num_cpus = resources.num_cpus if resources.num_cpus is not None else op.resources.num_cpus
     if resources.num_cpus is None and cpu_cap is not None and _runs_as_actor(op, spec):
@@ -481,25 +541,74 @@ def _map_operator(ds: Any, op: Operator, spec: Any, batch_size: int, analyze: bo
         kwargs["num_gpus"] = num_gpus
     if memory:
         kwargs["memory"] = memory
-    if _runs_as_actor(op, spec):
-        # By default the pool grows to as many actors as the cluster can hold at once.
-        import ray
-
-        cluster = ray.cluster_resources()
-        if num_gpus:
-            fits = int(cluster.get("GPU", 0) // num_gpus)
-        else:
-            fits = int(max(1.0, cluster.get("CPU", 1) - 1) // max(num_cpus, 0.01))
-        max_size = resources.concurrency or max(1, fits)
-        return ds.map_batches(
-            _ActorOperator,
-            fn_constructor_kwargs={"name": op.name, "params": spec.params, "label": op.label, "analyze": analyze},
-            compute=ActorPoolStrategy(min_size=1, max_size=max_size),
-            **kwargs,
-        )
-    if resources.concurrency:
+    if resources.concurrency and not _runs_as_actor(op, spec):
         kwargs["concurrency"] = resources.concurrency
-    return ds.map_batches(functools.partial(apply_operator, op, analyze=analyze), **kwargs)
+    return kwargs
+
+
+def _apply_chain(ops: list[Operator], batch: pa.Table, *, analyze: bool, start: bool) -> pa.Table:
+    """Several per-batch operators (and the stage's start) on one batch, in order."""
+    if start:
+        batch = _stage_start(batch)
+    for op in ops:
+        batch = apply_operator(op, batch, analyze=analyze)
+    return batch
+
+
+def _map_operators(ds: Any, ops: list[tuple[Operator, Any]], batch_size: int, analyze: bool,
+                   cpu_cap: float | None = None, start: bool = False) -> Any:
+    """The per-batch operators of a segment as map_batches calls. Consecutive plain-task
+    operators that ask for the same resources and batch size are one call (one function
+    applying them in turn, with the stage start before the first when `start`): Ray would
+    fuse them into one task anyway, but re-batch the rows between them, which on cheap
+    operators costs as much as the operators (docs/benchmarks.md, Runner overhead)."""
+    chain: list[Operator] = []
+    chain_kwargs: dict[str, Any] | None = None
+
+    def flush(ds: Any) -> Any:
+        nonlocal start, chain_kwargs
+        if chain or start:
+            fn = functools.partial(_apply_chain, list(chain), analyze=analyze, start=start)
+            kwargs = chain_kwargs if chain else {"batch_format": "pyarrow", "batch_size": batch_size}
+            ds = ds.map_batches(fn, **kwargs)
+            start = False
+        chain.clear()
+        chain_kwargs = None
+        return ds
+
+    for op, spec in ops:
+        kwargs = _task_kwargs(op, spec, batch_size, cpu_cap)
+        if _runs_as_actor(op, spec):
+            ds = flush(ds)
+            ds = _map_actor(ds, op, spec, analyze, kwargs)
+            continue
+        if chain and kwargs != chain_kwargs:
+            ds = flush(ds)
+        if start and not chain and kwargs["batch_size"] != batch_size:
+            ds = flush(ds)  # the stage start keeps the stage's batch size
+        chain.append(op)
+        chain_kwargs = kwargs
+    return flush(ds)
+
+
+def _map_actor(ds: Any, op: Operator, spec: Any, analyze: bool, kwargs: dict[str, Any]) -> Any:
+    """An operator with a setup() (a model) or GPUs: an actor pool that grows, by default, to
+    as many actors as the cluster can hold at once."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cluster = ray.cluster_resources()
+    if kwargs.get("num_gpus"):
+        fits = int(cluster.get("GPU", 0) // kwargs["num_gpus"])
+    else:
+        fits = int(max(1.0, cluster.get("CPU", 1) - 1) // max(kwargs["num_cpus"], 0.01))
+    max_size = spec.resources.concurrency or max(1, fits)
+    return ds.map_batches(
+        _ActorOperator,
+        fn_constructor_kwargs={"name": op.name, "params": spec.params, "label": op.label, "analyze": analyze},
+        compute=ActorPoolStrategy(min_size=1, max_size=max_size),
+        **kwargs,
+    )
 
 
 def _label_operators(stage: StageSpec) -> list[tuple[Operator, Any]]:
@@ -525,6 +634,7 @@ class RunRequest:
     address: str | None = None
     num_cpus: int | None = None
     progress: bool = True
+    progress_interval: float = 30.0  # seconds between progress lines when output is not a terminal
 
 
 def output_dir(config: PipelineConfig, analyze: bool) -> Path | storage.Location:
@@ -653,6 +763,9 @@ class Runner:
         self.echo = echo
         self.run_dir = output_dir(config, request.analyze)
         self.dirs = stage_dirs(config, request.analyze)
+        self.progress = ProgressReporter(echo, request.progress_interval if request.progress else 0,
+                                         live=None if echo is print else False,
+                                         make_counter=_ProgressCounters(), read_counter=_read_progress)
 
     def run(self) -> dict[str, Any]:
         files = expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
@@ -677,7 +790,8 @@ class Runner:
             if not planned:
                 self._write_config()
                 return self.write_run_stats()
-            session = connect_ray(self.config, self.request.address, self.request.num_cpus, self.request.progress)
+            # kiln prints its own progress lines (pipeline/progress.py), not Ray Data's bars.
+            session = connect_ray(self.config, self.request.address, self.request.num_cpus, progress=False)
             self._write_config()  # only once the cluster answered: a failed connect leaves no trace
             try:
                 for i, reason in planned:
@@ -739,27 +853,27 @@ class Runner:
         batch_size = self.config.ray.batch_size
         ops = _label_operators(stage)
         labels = ([(READ_OP, READ_OP, "reader")] if index == 0 else []) + [(op.label, op.name, op.kind) for op, _ in ops]
+        claims = None
         if index == 0:
-            import ray
-
-            # One actor holds the ids read so far, for every read task (pipeline/ids.py); it
-            # goes with the driver's job. num_cpus=0: it must never wait for a CPU.
-            claims = ray.remote(num_cpus=0)(IdClaims).remote()
-            ds = read_inputs_dataset(self.config, num_cpus, claims)
+            ds, claims = read_inputs_dataset(self.config, num_cpus)
         else:
             ds = read_stage_dataset(self.dirs[index - 1] / storage.DATA, batch_size, num_cpus)
-        ds = ds.map_batches(_stage_start, batch_format="pyarrow", batch_size=batch_size)
         rejected_dir = tmp_dir / storage.REJECTED
         sink_counts: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
         segment_dirs: list[Path] = []  # the scratch segments written so far (a global operator's input)
+        expected_first = (storage.read_json(self.dirs[index - 1] / storage.STATS).get("docs_out")
+                          if index > 0 else None)
 
         def write(dataset: Any, segment: int, final: bool) -> Any:
             """Write the rows so far: rejected ones to the stage's rejected/, kept ones to
             data/ (final) or to a scratch segment that the next operator reads back."""
             target = tmp_dir / storage.DATA if final else tmp_dir / "_work" / f"segment-{segment}"
-            sink = _make_sink(target, rejected_dir, f"s{segment}", count_would_reject=final)
-            dataset.write_datasink(sink)
+            label = self.dirs[index].name + ("" if segment == 0 else f" (part {segment + 1})")
+            expected = sink_counts[-1].get("kept") if sink_counts else expected_first
+            with self.progress.watch(label, expected) as counter:
+                sink = _make_sink(target, rejected_dir, f"s{segment}", count_would_reject=final, progress=counter)
+                dataset.write_datasink(sink)
             sink_counts.append(sink.counts)
             segment_dirs.append(target)
             return None if final else read_stage_dataset(target, batch_size, num_cpus)
@@ -768,11 +882,15 @@ class Runner:
         segment = 0
         on_disk = False  # ds is a segment just read back, with no operator applied since
         finished = False
+        start = True  # the stage start (_stage_start) runs with the first per-batch operators
+        per_batch: list[tuple[Operator, Any]] = []  # per-batch operators not mapped yet
         for position, (op, spec) in enumerate(ops):
             if op.kind != "global":
-                ds = _map_operator(ds, op, spec, batch_size, analyze, cpu_cap)
-                on_disk = False
+                per_batch.append((op, spec))
                 continue
+            if per_batch or start:
+                ds = _map_operators(ds, per_batch, batch_size, analyze, cpu_cap, start=start)
+                per_batch, start, on_disk = [], False, False
             if not on_disk:  # a global operator reads its input more than once: from disk
                 ds = write(ds, segment, final=False)
                 segment += 1
@@ -790,12 +908,16 @@ class Runner:
             ctx.extra["wall_seconds"] = round(time.perf_counter() - started, 3)
             extra[op.label] = ctx.extra
             sink_counts[-1].setdefault("seconds", {})[op.label] = ctx.extra["wall_seconds"]
+        if per_batch or start:
+            ds = _map_operators(ds, per_batch, batch_size, analyze, cpu_cap, start=start)
         if not finished:
             write(ds, segment, final=True)
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         storage.remove_tree(tmp_dir / "_work")
-        if index == 0:
+        if claims is not None:
+            import ray
+
             ray.kill(claims)
         return sink_counts, extra, labels
 

@@ -12,7 +12,7 @@ import pytest
 
 from operators.base import GlobalOperator, Mapper, Params
 from operators.registry import register
-from pipeline import storage
+from pipeline import runner, storage
 from pipeline.errors import KilnError, StageError
 from pipeline.global_ops import global_executor, mark_rejected
 from pipeline.verify import verify_run
@@ -250,10 +250,15 @@ def test_an_unreachable_cluster_address_fails_fast():
     check_reachable("auto")  # left to Ray
 
 
-def test_repeated_ids_across_files_and_read_tasks_become_unique_and_dedup_adds_up(run_config, tmp_path, shared_data):
+@pytest.mark.parametrize("read_tasks", ["one", "several"])
+def test_repeated_ids_across_files_and_read_tasks_become_unique_and_dedup_adds_up(run_config, tmp_path, shared_data,
+                                                                                 monkeypatch, read_tasks):
     """Issue 17 item 1: the same id twice (two identical lines, and in two files read by
     different tasks) was kept twice by stage 1, then exact_dedup said `25 in -> 25 kept,
-    2 rejected` and `kiln run` exited 0."""
+    2 rejected` and `kiln run` exited 0. One read task keeps the claims itself; several ask
+    one IdClaims actor, each batch's claim overlapping the next batch's read (issue 14)."""
+    if read_tasks == "several":
+        monkeypatch.setattr(runner, "MIN_READ_BYTES", 1)  # every file its own read task
     lines = (shared_data / "zh_uer_corpora/corpora/CLUECorpusSmall_sampled.txt").read_text().splitlines()[:20]
     (tmp_path / "in").mkdir()
     records = [json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) for i, t in enumerate(lines)]
@@ -291,3 +296,78 @@ def test_a_stage_whose_counts_do_not_add_up_fails_and_is_not_published(run_confi
         run_config(config)
     run_dir = next(p for p in corpus.parent.iterdir() if p.name == "run")
     assert storage.is_finished(run_dir / "01-clean") and not (run_dir / "02-filter").exists()
+
+
+class SlowParams(Params):
+    seconds_per_batch: float = 0.05
+
+
+@register
+class SlowIdentity(Mapper):
+    """Passes rows through slowly, so a stage lasts long enough for progress lines."""
+
+    name = "test_slow_identity"
+    Params = SlowParams
+
+    def map(self, batch: pa.Table) -> pa.Table:
+        import time
+
+        time.sleep(self.params.seconds_per_batch)
+        return batch
+
+
+def test_progress_lines_name_the_stage_documents_rate_and_eta(tmp_path, ray_local, corpus):
+    from pipeline.config import parse_config
+    from pipeline.runner import RunRequest, run_pipeline
+
+    data = pipeline_config(corpus)
+    data["run"]["output"] = str(tmp_path / "run")
+    data["ray"]["batch_size"] = 16
+    for stage in data["stages"]:
+        stage["ops"].insert(0, {"test_slow_identity": {"seconds_per_batch": 0.1}})
+    lines: list[str] = []
+    stats = run_pipeline(parse_config(data), RunRequest(progress=True, progress_interval=0.3), echo=lines.append)
+    progress = [line.strip() for line in lines if "docs/s" in line]
+    # The first stage cannot know its document count: text read and MB/s instead.
+    assert any(line.startswith("01-clean:") and "MB of text" in line for line in progress), progress
+    # A later stage expects the documents the stage before kept.
+    expected = f"/ {stats['stages'][0]['docs_out']:,} docs"
+    assert any(line.startswith("02-filter:") and expected in line and "%" in line for line in progress), progress
+    # One counter serves every write of the run (issue 14), zeroed before each: the second
+    # stage never counts the first stage's rows.
+    done = [int(line.split(": ")[1].split(" / ")[0].replace(",", "")) for line in progress
+            if line.startswith("02-filter:")]
+    assert max(done) <= stats["stages"][0]["docs_out"], progress
+
+
+class BatchRowsParams(Params):
+    column: str = "rows_seen"
+
+
+@register
+class RecordBatchRows(Mapper):
+    """Writes into a column how many rows the batch it was given had."""
+
+    name = "test_record_batch_rows"
+    Params = BatchRowsParams
+
+    def map(self, batch: pa.Table) -> pa.Table:
+        return batch.append_column(self.params.column, pa.array([batch.num_rows] * batch.num_rows, pa.int64()))
+
+
+def test_fused_operators_keep_each_operators_batch_size(run_config, corpus):
+    """Issue 14: consecutive plain-task operators run as one map_batches call; one that asks
+    for its own batch size is not fused with its neighbours and gets batches of that size."""
+    config = pipeline_config(corpus)
+    config["ray"]["batch_size"] = 16
+    config["stages"] = [{"name": "one", "ops": [
+        {"test_record_batch_rows": {"column": "a"}},
+        {"test_record_batch_rows": {"column": "b"}},
+        {"op": "test_record_batch_rows", "params": {"column": "small"}, "resources": {"batch_size": 5}},
+        {"test_record_batch_rows": {"column": "c"}},
+    ]}]
+    stats, run_dir = run_config(config)
+    table = storage.read_table(run_dir / "01-one/data", ["a", "b", "small", "c"])
+    sizes = {name: pc.max(table.column(name)).as_py() for name in table.column_names}
+    assert sizes == {"a": 16, "b": 16, "small": 5, "c": 16}, sizes
+    assert stats["stages"][0]["docs_in"] == stats["stages"][0]["docs_out"] + stats["stages"][0]["rejected_total"]

@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto, ray://host:10001)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: config, else all)")
     p.add_argument("--output", help="run folder (default: the config's run.output, else runs/<name>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds between progress lines when the output is not a terminal (default 30)")
     p.set_defaults(handler=handle)
 
 
@@ -31,7 +33,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.output:
         config.run.output = args.output
     request = RunRequest(only_stage=args.stage, until=args.until, redo=args.redo, analyze=args.analyze,
-                         address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+                         address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                         progress_interval=args.progress_interval)
     stats = run_pipeline(config, request)
     if stats["stages"]:
         first, last = stats["stages"][0], stats["stages"][-1]

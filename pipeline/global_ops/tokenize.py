@@ -18,9 +18,8 @@ mode only the first pass runs: `stat.tokens` and would-be rejections, no shards.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -112,16 +111,12 @@ def _encode_sink(rows_dir: Path, token_dir: Path, op: TokenizePack, tokenizer_di
     return EncodeSink()
 
 
-def _pack_batch(batch: pa.Table, token_dir: str, shards_dir: str, seq_len: int, mode: str, pad_id: int,
-                shuffle: bool, seed: int) -> pa.Table:
-    results = []
-    for text in batch.column("plan").to_pylist():
-        result = pack_shard(token_dir, shards_dir, json.loads(text), seq_len, mode, pad_id, shuffle, seed)
-        results.append(json.dumps({
-            "info": asdict(result.info) if result.info else None, "documents": result.documents,
+def _pack_one(plan: dict[str, Any], token_dir: str, shards_dir: str, seq_len: int, mode: str, pad_id: int,
+              shuffle: bool, seed: int) -> dict[str, Any]:
+    result = pack_shard(token_dir, shards_dir, plan, seq_len, mode, pad_id, shuffle, seed)
+    return {"info": asdict(result.info) if result.info else None, "documents": result.documents,
             "content_tokens": result.content_tokens, "continued_segments": result.continued_segments,
-            "documents_split": result.documents_split}))
-    return pa.table({"result": pa.array(results, pa.string())})
+            "documents_split": result.documents_split}
 
 
 def _bucket_names(run_dir: Path) -> dict[str, str]:
@@ -147,7 +142,7 @@ def _add(into: dict[str, int], key: Any, value: int) -> None:
 
 @global_executor("tokenize_pack")
 def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
-    import ray.data
+    import ray
 
     from pipeline.runner import read_stage_dataset
     from pipeline.tokenizer import prepare_hf_folder
@@ -169,7 +164,10 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
 
     rows_dir, token_dir = ctx.work_dir / "rows", ctx.work_dir / "tokens"
     sink = _encode_sink(rows_dir, token_dir, op, str(tokenizer_dir), special, ctx.analyze, ctx.batch_size)
+    phases: dict[str, float] = {}  # seconds per phase, for stats.json and the benchmark
+    phase_started = time.perf_counter()
     ds.write_datasink(sink)
+    phases["encode"] = round(time.perf_counter() - phase_started, 3)
     files = sorted(((r["file"], r["groups"]) for r in sink.results if r["groups"]), key=lambda fg: fg[0])
     rows = read_stage_dataset(rows_dir, ctx.batch_size, ctx.num_cpus)
 
@@ -193,15 +191,17 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
         ctx.extra["shards"] = 0  # analyze mode measures; it writes no shards
         return rows
 
+    phase_started = time.perf_counter()
     plans = plan_shards(files, params.seq_len, params.mode, params.shard_tokens)
     results: list[dict[str, Any]] = []
     if plans:
-        pack = functools.partial(_pack_batch, token_dir=str(token_dir), shards_dir=str(shards_dir),
-                                 seq_len=params.seq_len, mode=params.mode, pad_id=special.pad,
-                                 shuffle=params.shuffle, seed=params.seed)
-        packed = ray.data.from_items([{"plan": json.dumps(p)} for p in plans]).map_batches(
-            pack, batch_size=1, batch_format="pyarrow")
-        results = [json.loads(row["result"]) for row in packed.take_all()]
+        # One plain Ray task per shard: a handful of tasks whose inputs are small plans, so a
+        # Ray Data pipeline (its executor start, blocks and stats) would only add fixed cost.
+        pack = ray.remote(num_cpus=1, max_retries=3)(_pack_one)
+        results = ray.get([pack.remote(p, str(token_dir), str(shards_dir), params.seq_len, params.mode,
+                                       special.pad, params.shuffle, params.seed) for p in plans])
+    phases["plan_and_pack"] = round(time.perf_counter() - phase_started, 3)
+    phase_started = time.perf_counter()
     shards = sorted((ShardInfo(**r["info"]) for r in results if r["info"]), key=lambda s: (s.bucket, s.source, s.path))
     padding = sum(s.padding_tokens for s in shards)
     packed_content = sum(s.tokens for s in shards) - padding
@@ -235,10 +235,11 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
                "stage": ctx.stage_name, "tokenizer_source": str(params.tokenizer)},
     )
     manifest.save(shards_dir)
+    phases["manifest"] = round(time.perf_counter() - phase_started, 3)
     ctx.extra.update({"shards": len(shards), "sequences": sum(s.sequences for s in shards), "tokens": total,
                       "padding_tokens": padding,
                       "non_padding_fraction": manifest.extra["non_padding_fraction"],
                       "continued_segments": continued, "documents_split": split,
-                      "manifest": "shards/manifest.json",
+                      "manifest": "shards/manifest.json", "phase_seconds": phases,
                       "padding_per_sequence_mean": float(np.round(padding / max(1, sum(s.sequences for s in shards)), 3))})
     return rows
