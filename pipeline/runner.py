@@ -815,6 +815,9 @@ class Runner:
         stage = self.config.stages[index]
         final_dir = self.dirs[index]
         tmp_dir = self.run_dir / f"{storage.TMP_PREFIX}{final_dir.name}-{uuid.uuid4().hex[:8]}"
+        # Made at once, not by the first write: writes are bundled into files of tens of MB, and a
+        # run interrupted before its first file must still leave a folder the next run cleans up.
+        tmp_dir.mkdir(parents=True, exist_ok=True)
         upstream = None
         if index > 0:
             upstream = storage.read_json(self.dirs[index - 1] / storage.STATS)["run_id"]

@@ -263,7 +263,7 @@ def test_two_runs_at_once_then_kill_9_mid_stage_then_rerun(tmp_path, ray_local, 
     here the second is refused, the first is killed mid-stage, and a rerun is whole."""
     lines = real_lines(shared_data, 400)
     (tmp_path / "in").mkdir()
-    for k in range(4):  # four files: four read tasks, whose parts land in .tmp- one by one
+    for k in range(4):  # four files: four read tasks
         (tmp_path / f"in/part{k}.txt").write_text("\n".join(lines[k * 100:(k + 1) * 100]) + "\n")
     run_dir = tmp_path / "run"
     config = {"run": {"name": "chaos", "output": str(run_dir)},
@@ -277,9 +277,13 @@ def test_two_runs_at_once_then_kill_9_mid_stage_then_rerun(tmp_path, ray_local, 
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while not list(run_dir.glob(".tmp-01-slow-*/data/*.parquet")):
-            assert first.poll() is None and time.time() < deadline, "the first run never wrote a part"
+        # The stage's folder exists from its start; its files are written in bundles of tens
+        # of MB, so here only at the end: wait for the folder, then give the slow operator a
+        # moment (the stage takes about 6 s of its 0.3 s batches on 2 CPUs).
+        while not list(run_dir.glob(".tmp-01-slow-*")):
+            assert first.poll() is None and time.time() < deadline, "the first run never started its stage"
             time.sleep(0.2)
+        time.sleep(1.0)
         tmp_folder = next(run_dir.glob(".tmp-01-slow-*"))
         code = main(["run", str(config_path), "--no-progress"])
         err = capsys.readouterr().err.strip().splitlines()
