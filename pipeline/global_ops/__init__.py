@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from operators.base import (
     REJECT_DETAIL,
@@ -196,7 +195,7 @@ def _map_file_task(file_number: int, path: str, schema: pa.Schema, batch_rows: i
         parts.append(fn(table))
     out = pa.concat_tables(parts).select(out_schema.names).cast(out_schema) if parts else out_schema.empty_table()
     if out.num_rows:
-        storage.write_parquet_atomic(out, Path(out_dir) / f"part-{file_number:06d}.parquet")
+        storage.write_parquet_atomic(out, storage.location(out_dir) / f"part-{file_number:06d}.parquet")
     return {"rows": out.num_rows, "bytes": int(out.nbytes)}
 
 
@@ -241,7 +240,7 @@ def write_decisions(decisions: pa.Table, out_dir: Path) -> int:
     for start, end in zip(starts.tolist(), ends.tolist()):
         part = rest.slice(start, end - start)
         part = part.append_column(DECISION_POSITION, pa.array(keys[start:end] & _POSITION_MASK))
-        storage.write_parquet_atomic(part, Path(out_dir) / f"{int(files[start]):06d}.parquet")
+        storage.write_parquet_atomic(part, storage.location(out_dir) / f"{int(files[start]):06d}.parquet")
     return len(starts)
 
 
@@ -268,7 +267,7 @@ def _read_marked(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: in
     from pipeline import storage
 
     for file_number, path in group:
-        decision_file = Path(decisions_dir) / f"{file_number:06d}.parquet"
+        decision_file = storage.location(decisions_dir) / f"{file_number:06d}.parquet"
         decisions = (storage.parquet_file(str(decision_file)).read() if decision_file.is_file()
                      else decision_schema.empty_table())
         for table, position in _keyed_batches(file_number, path, schema, batch_rows):
@@ -288,12 +287,12 @@ def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
     target = max(1 << 20, min(128 << 20, sum(sizes) // max(1, 4 * ctx.num_cpus) + 1))
     groups = _group_by_size(list(enumerate(files)), sizes, target)
     group_sizes = [sum(sizes[i] for i, _ in g) for g in groups]
-    decision_files = sorted(Path(decisions_dir).glob("*.parquet")) if Path(decisions_dir).is_dir() else []
+    decision_files = storage.parquet_files(decisions_dir)
     if not decision_files:
         raise RuntimeError(f"marked_dataset: no decision files in {decisions_dir} (call it only when some "
                            "decision was written)")
     read = functools.partial(_read_marked, schema=schema, batch_rows=ctx.batch_size,
-                             decisions_dir=str(decisions_dir), decision_schema=pq.read_schema(decision_files[0]),
+                             decisions_dir=str(decisions_dir), decision_schema=storage.parquet_file(decision_files[0]).schema_arrow,
                              label=label, analyze=ctx.analyze, post=post)
     return _file_groups_dataset(groups, group_sizes, read, schema)
 

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from operators import dedup as kernels
 from operators.base import GlobalOperator
@@ -314,12 +313,12 @@ def _group_decisions(block: pa.Table, reason: str, what: str) -> pa.Table:
 
 def _group_in_one_task(key_files: list[str], reason: str, what: str, decisions_dir: str) -> dict[str, Any]:
     """Gathered exact/URL dedup: every key in memory, one sort, decisions per input file."""
-    tables = [pq.read_table(f) for f in key_files]
+    tables = [storage.parquet_file(f).read() for f in key_files]
     keys = pa.concat_tables(tables) if tables else KEY_SCHEMA.empty_table()
     decisions = _group_decisions(keys, reason=reason, what=what)
     del keys, tables
     decisions, summary = _decision_summary(decisions)
-    write_decisions(_decision_columns(decisions), Path(decisions_dir))
+    write_decisions(_decision_columns(decisions), storage.location(decisions_dir))
     return {"rows": decisions.num_rows, **summary}
 
 
@@ -804,7 +803,7 @@ def _cluster_in_one_task(signature_files: list[str], earlier: list[tuple[int, li
     phases["verify"] = round(time.perf_counter() - clock - sum(phases.values()), 3)
     decisions = _component_decisions(nodes, a, b, params.threshold)
     decisions, summary = _decision_summary(decisions)
-    write_decisions(_decision_columns(decisions), Path(decisions_dir))
+    write_decisions(_decision_columns(decisions), storage.location(decisions_dir))
     phases["components"] = round(time.perf_counter() - clock - sum(phases.values()), 3)
     return {"rows": decisions.num_rows, "candidate_pairs": candidates, "verified_pairs": len(a),
             "phase_seconds": phases, **summary}
@@ -816,13 +815,13 @@ def _gather_nodes(signature_files: list[str], earlier: list[tuple[int, list[str]
     matrix filled file by file, so that no second copy of them is ever held."""
     def sources():
         for file in signature_files:
-            yield lambda f=file: pq.read_table(f)
+            yield lambda f=file: storage.parquet_file(f).read()
         for number, files in earlier:
             for file in files:
-                yield lambda f=file, n=number: _earlier_rows(pq.read_table(f, columns=["id", "sig"]), n, num_perm)
+                yield lambda f=file, n=number: _earlier_rows(storage.parquet_file(f).read(columns=["id", "sig"]), n, num_perm)
 
-    counts = [pq.ParquetFile(f).metadata.num_rows for f in signature_files]
-    counts += [pq.ParquetFile(f).metadata.num_rows for _, files in earlier for f in files]
+    counts = [storage.parquet_file(f).metadata.num_rows for f in signature_files]
+    counts += [storage.parquet_file(f).metadata.num_rows for _, files in earlier for f in files]
     sigs = np.empty((sum(counts), num_perm), dtype=np.uint32)
     parts, start = [], 0
     for read in sources():
@@ -866,7 +865,7 @@ def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
     signature_files = sorted(str(f) for f in (work / "signatures").glob("part-*.parquet"))
     docs_compared = gathered["rows"]
     phase("signatures")
-    earlier_rows = sum(pq.ParquetFile(f).metadata.num_rows for _, files in earlier for f in files)
+    earlier_rows = sum(storage.parquet_file(f).metadata.num_rows for _, files in earlier for f in files)
     per_row = gathered["bytes"] / max(1, docs_compared)
     estimate = _gathered_bytes(int(per_row * (docs_compared + earlier_rows)), docs_compared + earlier_rows, bands)
     ctx.extra.update({"bands": bands, "rows": rows, "num_perm": num_perm, "threshold": params.threshold,
