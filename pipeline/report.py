@@ -408,12 +408,16 @@ def build_report(run_dir: str | os.PathLike, options: ReportOptions | None = Non
         stage_tallies.append({"kept": tally(stage_dir / storage.DATA), "rejected": tally(stage_dir / storage.REJECTED)})
         schema = schema_of(files_of(stage_dir / storage.DATA) + files_of(stage_dir / storage.REJECTED))
         numeric, other = stat_columns(schema)
-        new = [c for c in numeric if c not in first_seen]
+        # A column without a value in this stage (`stat.decode_replacements` outside
+        # `on_decode_error: replace`) has nothing to plot yet: it counts as new where it has one.
+        histograms = [h for h in _stage_histograms(stage_dir, [c for c in numeric if c not in first_seen], analyze)
+                      if h["count_kept"] + h["count_rejected"] > 0]
+        new = [h["column"] for h in histograms]
         for c in new:
             first_seen[c] = st.get("folder")
         section["stat_columns_new"] = new
         section["stat_columns_not_numeric"] = other
-        section["histograms"] = _stage_histograms(stage_dir, new, analyze)
+        section["histograms"] = histograms
         statistics.extend(section["histograms"])
         section["rejected_examples"] = _rejected_examples(stage_dir, options.rejected_examples,
                                                           options.example_chars, seed)
