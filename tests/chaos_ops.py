@@ -1,5 +1,6 @@
-"""A slow operator for tests/test_chaos.py: it keeps a stage busy long enough to kill the
-driver in the middle of it or to start a second run beside it. Importing this module
+"""A slow operator for tests/test_chaos.py and the runner's progress test: it keeps a stage
+busy long enough to kill the driver in the middle of it, to start a second run beside it, or
+to see progress lines. Importing this module
 registers it; Ray workers import it through PYTHONPATH (tests/ is on it)."""
 
 from __future__ import annotations

@@ -298,25 +298,9 @@ def test_a_stage_whose_counts_do_not_add_up_fails_and_is_not_published(run_confi
     assert storage.is_finished(run_dir / "01-clean") and not (run_dir / "02-filter").exists()
 
 
-class SlowParams(Params):
-    seconds_per_batch: float = 0.05
-
-
-@register
-class SlowIdentity(Mapper):
-    """Passes rows through slowly, so a stage lasts long enough for progress lines."""
-
-    name = "test_slow_identity"
-    Params = SlowParams
-
-    def map(self, batch: pa.Table) -> pa.Table:
-        import time
-
-        time.sleep(self.params.seconds_per_batch)
-        return batch
-
-
 def test_progress_lines_name_the_stage_documents_rate_and_eta(tmp_path, ray_local, corpus):
+    import chaos_ops  # noqa: F401  (registers chaos_slow: a stage long enough for progress lines)
+
     from pipeline.config import parse_config
     from pipeline.runner import RunRequest, run_pipeline
 
@@ -324,7 +308,7 @@ def test_progress_lines_name_the_stage_documents_rate_and_eta(tmp_path, ray_loca
     data["run"]["output"] = str(tmp_path / "run")
     data["ray"]["batch_size"] = 16
     for stage in data["stages"]:
-        stage["ops"].insert(0, {"test_slow_identity": {"seconds_per_batch": 0.1}})
+        stage["ops"].insert(0, {"chaos_slow": {"seconds_per_batch": 0.1}})
     lines: list[str] = []
     stats = run_pipeline(parse_config(data), RunRequest(progress=True, progress_interval=0.3), echo=lines.append)
     progress = [line.strip() for line in lines if "docs/s" in line]
