@@ -94,7 +94,8 @@ class Operator:
 
     @classmethod
     def needs_setup(cls) -> bool:
-        """True when the operator loads something heavy in `setup()` and so runs as an actor."""
+        """True when the operator loads something heavy in `setup()`: a worker loads it once
+        (`set_up_in_process`) and keeps it for every batch it runs."""
         return cls.setup is not Operator.setup
 
     def setup(self) -> None:
@@ -216,6 +217,33 @@ def active_mask(batch: pa.Table) -> pa.Array | None:
     if column.null_count == len(column):
         return None
     return pc.is_null(column).combine_chunks()
+
+
+# The set-up operators of the chain this process ran last (see set_up_in_process).
+_PROCESS_SET_UP: dict[tuple[str, str, str], Operator] = {}
+
+
+def set_up_in_process(ops: Sequence[Operator]) -> list[Operator]:
+    """The operators of a chain, those with a `setup()` replaced by an instance of the same
+    class, label and parameters that this process already set up. A worker that runs many
+    batches of a stage loads each model on its first batch and reuses it, as an actor would,
+    while the chain stays one fused task (no actor pool holding CPUs between the read and the
+    write). Only the latest chain's operators are kept, so a worker that moves on to the next
+    stage lets the previous stage's models go."""
+    live: dict[tuple[str, str, str], Operator] = {}
+    chain: list[Operator] = []
+    for op in ops:
+        if not op.needs_setup():
+            chain.append(op)
+            continue
+        key = (f"{type(op).__module__}.{type(op).__qualname__}", op.label, op.params.model_dump_json())
+        op = live.get(key) or _PROCESS_SET_UP.get(key) or op
+        op.ensure_setup()
+        live[key] = op
+        chain.append(op)
+    _PROCESS_SET_UP.clear()
+    _PROCESS_SET_UP.update(live)
+    return chain
 
 
 def apply_operator(op: Operator, batch: pa.Table, *, analyze: bool = False) -> pa.Table:

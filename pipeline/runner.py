@@ -42,6 +42,7 @@ from operators.base import (
     Operator,
     apply_operator,
     set_column,
+    set_up_in_process,
     split_rejected,
 )
 from pipeline import stats as stats_lib
@@ -491,8 +492,13 @@ class _ActorOperator:
 
 
 def _runs_as_actor(op: Operator, spec: Any) -> bool:
+    """GPU operators run as actor pools, each actor holding its GPU and model. Every other
+    per-batch operator, model or not, runs in the stage's fused task chain and loads its model
+    once per worker process (`set_up_in_process`): an actor pool would hold CPUs for the whole
+    stage, and on a small machine the reads that feed it, blocked on a full output buffer,
+    then hold the rest, so the write never gets a CPU (the 100 MB score stage stalled so)."""
     gpus = spec.resources.num_gpus if spec.resources.num_gpus is not None else op.resources.num_gpus
-    return op.kind != "global" and (op.needs_setup() or bool(gpus))
+    return op.kind != "global" and bool(gpus)
 
 
 def actor_cpu_cap(ops: list[tuple[Operator, Any]], cluster_cpus: int) -> float | None:
@@ -550,7 +556,7 @@ def _apply_chain(ops: list[Operator], batch: pa.Table, *, analyze: bool, start: 
     """Several per-batch operators (and the stage's start) on one batch, in order."""
     if start:
         batch = _stage_start(batch)
-    for op in ops:
+    for op in set_up_in_process(ops):
         batch = apply_operator(op, batch, analyze=analyze)
     return batch
 

@@ -196,7 +196,7 @@ def test_verify_catches_a_lost_document(run_config, corpus):
     assert any("neither kept nor rejected" in p for p in checks[1].problems)
 
 
-def test_actor_pools_leave_a_cpu_for_reading():
+def test_only_gpu_operators_run_as_actor_pools_which_leave_a_cpu_for_reading():
     from operators.base import Mapper as _Mapper
     from pipeline.config import OpSpec, Resources
     from pipeline.runner import actor_cpu_cap
@@ -211,10 +211,40 @@ def test_actor_pools_leave_a_cpu_for_reading():
         return OpSpec(name="x", params={}, resources=Resources(**res), where="x")
 
     two_models = [(Model(), spec()), (Model(), spec()), (ExplodeOnPurpose(), spec())]
-    assert actor_cpu_cap(two_models, 2) == 0.5  # two 1-CPU actors on 2 CPUs would starve the reads
-    assert actor_cpu_cap(two_models, 9) == 4.0
+    assert actor_cpu_cap(two_models, 2) is None  # CPU model operators run in the fused tasks
     assert actor_cpu_cap([(ExplodeOnPurpose(), spec())], 2) is None
     assert actor_cpu_cap([(ExplodeOnPurpose(), spec(num_gpus=1))], 2) == 1.0
+    two_gpu_models = [(Model(), spec(num_gpus=1)), (Model(), spec(num_gpus=1))]
+    assert actor_cpu_cap(two_gpu_models, 2) == 0.5  # two 1-CPU actors on 2 CPUs would starve the reads
+    assert actor_cpu_cap(two_gpu_models, 9) == 4.0
+
+
+def test_a_model_operator_loads_once_per_process_and_lets_go_of_a_finished_stage():
+    from operators.base import Mapper as _Mapper
+    from operators.base import set_up_in_process
+
+    loads = []
+
+    class Model(_Mapper):
+        name = "test_model_once"
+
+        def setup(self):
+            loads.append(self.params.model_dump_json())
+
+        def map(self, batch):
+            return batch
+
+    import copy
+
+    stage = [Model(), ExplodeOnPurpose()]
+    for _ in range(3):  # three batches, each with its own copy of the chain (as a Ray task gets)
+        chain = set_up_in_process(copy.deepcopy(stage))
+        assert isinstance(chain[1], ExplodeOnPurpose)
+    assert len(loads) == 1
+    first = chain[0]
+    set_up_in_process([ExplodeOnPurpose()])  # the next stage, without the model
+    assert set_up_in_process(copy.deepcopy(stage))[0] is not first
+    assert len(loads) == 2
 
 
 def test_an_operator_no_node_can_hold_is_refused_with_its_yaml_path():
