@@ -179,6 +179,7 @@ def datatrove_worker(spec: dict) -> None:
     import resource
 
     import datatrove.utils.lid as lid
+    from datatrove.common.readers import JsonlReader
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (
         MinhashDedupBuckets,
@@ -196,7 +197,6 @@ def datatrove_worker(spec: dict) -> None:
     )
     from datatrove.pipeline.filters.base_filter import BaseFilter
     from datatrove.pipeline.formatters import FTFYFormatter, PIIFormatter
-    from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.tokens import DocumentTokenizer
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.word_tokenizers import SpaCyTokenizer

@@ -34,6 +34,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from common import storage
+from common.errors import ConfigError, KilnError, StageError
+from common.ids import IdClaims, make_unique
+from common.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 from operators.base import (
     REJECT_DETAIL,
     REJECT_OP,
@@ -46,14 +50,10 @@ from operators.base import (
     split_rejected,
 )
 from pipeline import stats as stats_lib
-from pipeline import storage
 from pipeline.cluster import join_on_loopback
 from pipeline.config import PipelineConfig, StageSpec
-from pipeline.errors import ConfigError, KilnError, StageError
-from pipeline.ids import IdClaims, make_unique
 from pipeline.lock import RunLock
 from pipeline.progress import ProgressReporter
-from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 
 log = logging.getLogger("kiln")
 BYTES_IN = "_kiln.bytes_in"

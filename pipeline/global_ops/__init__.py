@@ -160,7 +160,7 @@ DECISION_POSITION = "_position"
 
 def input_files(ctx: GlobalContext) -> list[str]:
     """The parquet files of the rows so far, in the order row keys number them."""
-    from pipeline import storage
+    from common import storage
 
     if ctx.input_dir is None:
         raise RuntimeError("gathered execution needs ctx.input_dir (set by the runner)")
@@ -173,7 +173,7 @@ def row_keys(file_number: int, start: int, count: int) -> np.ndarray:
 
 def _keyed_batches(file_number: int, path: str, schema: pa.Schema | None, batch_rows: int):
     """Batches of one input file (conformed to `schema` when given), and their first row's position."""
-    from pipeline import storage
+    from common import storage
     from pipeline.runner import conform
 
     position = 0
@@ -187,7 +187,7 @@ def _keyed_batches(file_number: int, path: str, schema: pa.Schema | None, batch_
 
 def _map_file_task(file_number: int, path: str, schema: pa.Schema, batch_rows: int, fn: Callable,
                    out_schema: pa.Schema, out_dir: str) -> dict[str, Any]:
-    from pipeline import storage
+    from common import storage
 
     parts = []
     for table, position in _keyed_batches(file_number, path, schema, batch_rows):
@@ -206,7 +206,7 @@ def map_input_files(ctx: GlobalContext, fn: Callable[[pa.Table], pa.Table], out_
     in-memory bytes written. Plain tasks: what they return to the driver is two numbers."""
     import ray
 
-    from pipeline import storage
+    from common import storage
 
     files = input_files(ctx)
     schema = storage.unified_schema(files) if files else None
@@ -226,7 +226,7 @@ def run_in_one_task(fn: Callable[..., Any], *args: Any) -> Any:
 def write_decisions(decisions: pa.Table, out_dir: Path) -> int:
     """Split a decision table (a `ROW_KEY` column, `reason`, optional `detail` and extra
     columns) by input file into `out_dir/<file number>.parquet`, rows named by position."""
-    from pipeline import storage
+    from common import storage
 
     if decisions.num_rows == 0:
         return 0
@@ -264,7 +264,7 @@ def _apply_file_decisions(table: pa.Table, position: int, decisions: pa.Table | 
 
 def _read_marked(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: int, decisions_dir: str,
                  decision_schema: pa.Schema, label: str, analyze: bool, post: Callable[[pa.Table], pa.Table] | None):
-    from pipeline import storage
+    from common import storage
 
     for file_number, path in group:
         decision_file = storage.location(decisions_dir) / f"{file_number:06d}.parquet"
@@ -278,7 +278,7 @@ def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
                    post: Callable[[pa.Table], pa.Table] | None = None) -> ray.data.Dataset:
     """The rows so far, read again file by file, with the decisions `write_decisions` wrote
     applied by row position (`post`, if given, then runs on every batch)."""
-    from pipeline import storage
+    from common import storage
     from pipeline.runner import _file_groups_dataset, _group_by_size
 
     files = input_files(ctx)
@@ -299,7 +299,7 @@ def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
 
 def keyed_dataset(ctx: GlobalContext) -> ray.data.Dataset:
     """The rows so far with their `ROW_KEY`, for the distributed forms (joins by row key)."""
-    from pipeline import storage
+    from common import storage
     from pipeline.runner import _file_groups_dataset, _group_by_size
 
     files = input_files(ctx)

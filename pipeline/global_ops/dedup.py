@@ -40,11 +40,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common import storage
+from common.errors import KilnError
 from operators import dedup as kernels
 from operators.base import GlobalOperator
 from pipeline import stats as stats_lib
-from pipeline import storage
-from pipeline.errors import KilnError
 from pipeline.global_ops import (
     ROW_KEY,
     GlobalContext,

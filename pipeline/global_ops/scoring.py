@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.errors import KilnError
 from operators.base import set_column
 from operators.bucketing import (
     HEAD,
@@ -44,7 +45,6 @@ from operators.bucketing import (
     select_labels,
     tie_keys,
 )
-from pipeline.errors import KilnError
 from pipeline.global_ops import (
     DECISION_DETAIL,
     DECISION_REASON,
