@@ -856,7 +856,7 @@ class Runner:
         return st
 
     def _execute(self, index: int, stage: StageSpec, tmp_dir: Path, num_cpus: int):
-        from pipeline.global_ops import GlobalContext, get_executor
+        from pipeline.global_ops import BatchOverlay, GlobalContext, get_executor, reads_files
 
         analyze = self.request.analyze
         batch_size = self.config.ray.batch_size
@@ -889,38 +889,65 @@ class Runner:
 
         cpu_cap = actor_cpu_cap(ops, num_cpus)
         segment = 0
-        on_disk = False  # ds is a segment just read back, with no operator applied since
         finished = False
         start = True  # the stage start (_stage_start) runs with the first per-batch operators
         per_batch: list[tuple[Operator, Any]] = []  # per-batch operators not mapped yet
+        # Where ds's rows can be read from file by file: a folder of parquet files and the
+        # overlays that turn its rows into ds's (global_ops.BatchOverlay, FileDecisions), or
+        # None when ds has operators applied that no file holds yet.
+        files_dir: Path | None = None
+        overlays: list[Any] = []
+        if index > 0:
+            files_dir = self.dirs[index - 1] / storage.DATA
+        op_seconds: dict[str, float] = {}
         for position, (op, spec) in enumerate(ops):
             if op.kind != "global":
                 per_batch.append((op, spec))
                 continue
-            if per_batch or start:
+            if per_batch:
                 ds = _map_operators(ds, per_batch, batch_size, analyze, cpu_cap, start=start)
-                per_batch, start, on_disk = [], False, False
-            if not on_disk:  # a global operator reads its input more than once: from disk
+                per_batch, start, files_dir = [], False, None
+            elif start and files_dir is not None:
+                # The stage starts with a global operator: it reads the previous stage's files
+                # with the stage start as an overlay, not a scratch copy of them.
+                ds = _map_operators(ds, [], batch_size, analyze, cpu_cap, start=True)
+                start, overlays = False, [BatchOverlay(_stage_start)]
+            elif start:
+                ds = _map_operators(ds, [], batch_size, analyze, cpu_cap, start=True)
+                start, files_dir = False, None
+            if files_dir is None or (overlays and not reads_files(op.name)):
+                # A global operator reads its input more than once: from disk, and operators
+                # other than the file readers get the rows kept so far only.
                 ds = write(ds, segment, final=False)
                 segment += 1
+                files_dir, overlays = segment_dirs[-1], []
             ctx = GlobalContext(work_dir=tmp_dir / "_work" / f"{op.label}", batch_size=batch_size, analyze=analyze,
                                 num_cpus=num_cpus, stage_name=stage.name, output_dir=tmp_dir,
                                 run_dir=self.run_dir, config_sha256=self.config.config_hash(),
-                                input_dir=segment_dirs[-1], memory_budget=self.config.ray.global_memory)
+                                input_dir=files_dir, memory_budget=self.config.ray.global_memory,
+                                overlays=list(overlays))
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            ds = get_executor(op.name)(op, ds, ctx)
+            result = get_executor(op.name)(op, ds, ctx)
             finished = position == len(ops) - 1
-            ds = write(ds, segment, final=finished)
-            segment += 1
-            on_disk = True
+            if finished:
+                write(result, segment, final=True)
+                segment += 1
+            elif reads_files(op.name) and (ctx.result_overlays is not None or result is ds):
+                # Decided, not yet applied: the next operator reads the same files with this
+                # one's decisions as one more overlay; the stage writes once, at its end.
+                overlays = ctx.result_overlays if ctx.result_overlays is not None else overlays
+                ds = result
+            else:
+                ds, files_dir, overlays = result, None, []
             ctx.extra["wall_seconds"] = round(time.perf_counter() - started, 3)
             extra[op.label] = ctx.extra
-            sink_counts[-1].setdefault("seconds", {})[op.label] = ctx.extra["wall_seconds"]
+            op_seconds[op.label] = ctx.extra["wall_seconds"]
         if per_batch or start:
             ds = _map_operators(ds, per_batch, batch_size, analyze, cpu_cap, start=start)
         if not finished:
             write(ds, segment, final=True)
+        sink_counts[-1].setdefault("seconds", {}).update(op_seconds)
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         storage.remove_tree(tmp_dir / "_work")
