@@ -59,6 +59,7 @@ class Strict(BaseModel):
 class RunOptions(Strict):
     name: str = "run"
     output: str = Field("", description="run folder; default runs/<name>")
+    engine: Literal["ray", "spark"] = Field("ray", description="what runs the stages (`kiln run --engine` wins)")
 
     @field_validator("name")
     @classmethod

@@ -17,7 +17,9 @@ file number and row position, which cannot repeat even where document ids do);
 `run_in_one_task` hands those files to one task that decides and writes a decision table per
 input file (`write_decisions`); `marked_dataset` reads the input files again and applies each
 file's decisions by row position. No shuffle, no join, and no fixed cost of an exchange.
-Above the budget, executors take their distributed form (shuffles, joins by row key).
+These steps go through the stage's engine (`ctx.engine`, pipeline/engine.py), so the gathered
+form runs on Ray and on Spark alike. Above the budget, executors take their distributed form
+(Ray Data shuffles, joins by row key), which only the Ray engine has.
 """
 
 from __future__ import annotations
@@ -68,6 +70,22 @@ class GlobalContext:
     # execution by row key; and the memory a gathered step may use in its one task.
     input_dir: Path | None = None
     memory_budget: int = 2 << 30
+    # The engine running the stage (pipeline/engine.py): executors read, map, write and
+    # exchange through it, so one executor serves Ray and Spark. None: Ray (tests that build
+    # a context by hand).
+    engine: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Executors' per-batch closures capture the context and travel to the workers; the
+        # engine (a Spark or Ray session) stays on the driver, where alone it is used.
+        return {**self.__dict__, "engine": None}
+
+    def get_engine(self) -> Any:
+        if self.engine is None:
+            from pipeline.engine import ray_engine_in_process
+
+            self.engine = ray_engine_in_process(self.num_cpus, self.batch_size)
+        return self.engine
 
     @property
     def num_partitions(self) -> int:
@@ -201,26 +219,22 @@ def _map_file_task(file_number: int, path: str, schema: pa.Schema, batch_rows: i
 
 def map_input_files(ctx: GlobalContext, fn: Callable[[pa.Table], pa.Table], out_dir: Path,
                     out_schema: pa.Schema) -> dict[str, int]:
-    """`fn` over every batch of the rows so far (each with its `ROW_KEY`), in one Ray task
-    per input file, writing `out_dir/part-<file number>.parquet`; returns the rows and
-    in-memory bytes written. Plain tasks: what they return to the driver is two numbers."""
-    import ray
-
+    """`fn` over every batch of the rows so far (each with its `ROW_KEY`), in one task per
+    input file (the engine's `map_files`), writing `out_dir/part-<file number>.parquet`;
+    returns the rows and in-memory bytes written. What each task returns is two numbers."""
     from pipeline import storage
 
     files = input_files(ctx)
     schema = storage.unified_schema(files) if files else None
-    task = ray.remote(num_cpus=1, max_retries=3)(_map_file_task)
-    refs = [task.remote(i, f, schema, ctx.batch_size, fn, out_schema, str(out_dir)) for i, f in enumerate(files)]
-    results = ray.get(refs)
+    task = functools.partial(_map_file_task, schema=schema, batch_rows=ctx.batch_size, fn=fn, out_schema=out_schema,
+                             out_dir=str(out_dir))
+    results = ctx.get_engine().map_files(task, list(enumerate(files)))
     return {"rows": sum(r["rows"] for r in results), "bytes": sum(r["bytes"] for r in results)}
 
 
-def run_in_one_task(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` in one Ray task (its memory is the task's, not the driver's)."""
-    import ray
-
-    return ray.get(ray.remote(num_cpus=1, max_retries=1)(fn).remote(*args))
+def run_in_one_task(ctx: GlobalContext, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in one task of the engine (its memory is the task's, not the driver's)."""
+    return ctx.get_engine().run_one(fn, *args)
 
 
 def write_decisions(decisions: pa.Table, out_dir: Path) -> int:
@@ -275,11 +289,11 @@ def _read_marked(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: in
 
 
 def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
-                   post: Callable[[pa.Table], pa.Table] | None = None) -> ray.data.Dataset:
+                   post: Callable[[pa.Table], pa.Table] | None = None) -> Any:
     """The rows so far, read again file by file, with the decisions `write_decisions` wrote
     applied by row position (`post`, if given, then runs on every batch)."""
     from pipeline import storage
-    from pipeline.runner import _file_groups_dataset, _group_by_size
+    from pipeline.runner import _group_by_size
 
     files = input_files(ctx)
     schema = storage.unified_schema(files)
@@ -294,7 +308,7 @@ def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
     read = functools.partial(_read_marked, schema=schema, batch_rows=ctx.batch_size,
                              decisions_dir=str(decisions_dir), decision_schema=storage.parquet_file(decision_files[0]).schema_arrow,
                              label=label, analyze=ctx.analyze, post=post)
-    return _file_groups_dataset(groups, group_sizes, read, schema)
+    return ctx.get_engine().from_file_groups(groups, group_sizes, read, schema)
 
 
 def keyed_dataset(ctx: GlobalContext) -> ray.data.Dataset:
