@@ -802,6 +802,10 @@ def _parts_sink(fn: Callable[[Iterator[pa.Table], int], Any]):
     return PartsSink()
 
 
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
 class RayEngine:
     """The Ray Data engine (the protocol is pipeline/engine.py): datasets read by read tasks
     per group of files, per-batch operators as fused `map_batches` tasks (actor pools for GPU
@@ -858,13 +862,18 @@ class RayEngine:
     def map_files(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
         import ray
 
-        task = ray.remote(num_cpus=1, max_retries=3)(fn)
-        return ray.get([task.remote(*item) for item in items])
+        if not items:
+            return []
+        # `fn` may be a functools.partial, which ray.remote does not take: a plain task calls
+        # it, and it is put in the object store once for all the tasks.
+        task = ray.remote(num_cpus=1, max_retries=3)(_call)
+        fn_ref = ray.put(fn)
+        return ray.get([task.remote(fn_ref, *item) for item in items])
 
     def run_one(self, fn: Callable[..., Any], *args: Any) -> Any:
         import ray
 
-        return ray.get(ray.remote(num_cpus=1, max_retries=1)(fn).remote(*args))
+        return ray.get(ray.remote(num_cpus=1, max_retries=1)(_call).remote(fn, *args))
 
     def progress_counters(self) -> tuple[Callable[[], Any], Callable[[Any], tuple[int, int]]] | None:
         return _ProgressCounters(), _read_progress
