@@ -202,7 +202,7 @@ def test_per_batch_operators_same_on_both_engines(engine_run, small_corpus):
     ray_run, spark_run = (results[e][1] for e in ENGINES)
     assert outcomes(spark_run) == outcomes(ray_run)
     kept, rejected = outcomes(spark_run)["01-clean"]
-    assert len(kept) + len(rejected) == 301 and "t:0#2" in kept  # the repeated id made unique
+    assert len(kept) + len(rejected) == 301 and "t:1#2" in kept  # the repeated id made unique
     assert ("t:docs.jsonl.gz:301", "read", "malformed_json") in rejected
     stats = results["spark"][0]
     assert stats["engine"] == "spark" and {s["engine"] for s in stats["stages"]} == {"spark"}
