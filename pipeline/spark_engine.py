@@ -188,6 +188,9 @@ class SparkEngine:
         cpus = request.num_cpus or config.ray.num_cpus or os.cpu_count() or 1
         under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver
         master = request.master or (None if under_submit else f"local[{cpus}]")
+        if master and master.startswith("local"):
+            # A local Spark listens on loopback only (and does not warn about the host name).
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         active = SparkSession.getActiveSession()
         builder = SparkSession.builder.appName(f"kiln {config.run.name}")
         if master:

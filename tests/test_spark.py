@@ -14,12 +14,15 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from operators.base import Mapper, Params
+from operators.registry import register
 from pipeline import storage
 from pipeline.config import parse_config
-from pipeline.errors import ConfigError, KilnError
+from pipeline.errors import ConfigError, KilnError, StageError
 from pipeline.runner import RunRequest, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +50,13 @@ def spark_local():
     reason = _java_ok()
     if reason:
         pytest.skip(reason)
+    import os
+
     from pipeline.spark_engine import SparkEngine
+
+    # Spark's Python workers import test-local operators (this module) through PYTHONPATH.
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
 
     config = parse_config({"run": {"name": "spark-tests"}, "ray": {"num_cpus": 2, "batch_size": 256},
                            "inputs": [{"path": str(REPO / "README.md")}],
@@ -260,6 +269,40 @@ def test_spark_refuses_gpu_operators_with_their_yaml_path(engine_run, small_corp
             "stages": [{"name": "s", "ops": [{"op": "normalize", "resources": {"num_gpus": 1}}]}]}
     with pytest.raises(ConfigError, match=r"stages\[0\]\.ops\[0\].*GPU.*--engine ray"):
         engine_run(data, "spark")
+
+
+class _BoomParams(Params):
+    when: str = ""  # every document: a bug, not one document the operator cannot handle
+
+
+@register
+class _Boom(Mapper):
+    """Fails on every document whose text contains `when`: an operator bug in a worker."""
+
+    name = "test_spark_boom"
+    Params = _BoomParams
+
+    def map(self, batch: pa.Table) -> pa.Table:
+        if any(self.params.when in (t or "") for t in batch.column("text").to_pylist()):
+            raise ValueError("an operator bug, on purpose")
+        return batch
+
+
+@pytest.mark.spark
+def test_spark_task_failure_is_one_line_and_keeps_nothing(engine_run, tmp_path):
+    path = _write_docs(tmp_path / "boom.jsonl.gz", [{"text": f"fine document {i}"} for i in range(50)]
+                       + [{"text": "this one goes boom"}])
+    data = {"inputs": [{"path": str(path)}],
+            "stages": [{"name": "ok", "ops": [{"normalize": {}}]}, {"name": "bad", "ops": [{"test_spark_boom": {}}]}]}
+    with pytest.raises(StageError) as err:
+        engine_run(data, "spark")
+    message = str(err.value)
+    assert "stage 02-bad failed" in message and "failed on all" in message
+    assert "ValueError: an operator bug, on purpose" in message
+    assert "\n" not in message
+    run_dir = tmp_path / "spark"
+    assert storage.is_finished(run_dir / "01-ok") and not (run_dir / "02-bad").exists()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(storage.TMP_PREFIX)]
 
 
 # --------------------------------------------------------------------------- the demo
