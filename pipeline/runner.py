@@ -1,4 +1,9 @@
-"""The Ray Data runner: stages of operators, written atomically, every document accounted for.
+"""The runner: stages of operators, written atomically, every document accounted for.
+
+`Runner` owns what does not depend on the engine (plan, lock, temporary stage folders, the
+count check, stats.json, `_SUCCESS`, resume) and hands the work to the run's engine
+(pipeline/engine.py): `RayEngine`, below, or the Spark engine (pipeline/spark_engine.py).
+What follows describes the Ray engine.
 
 One stage is one streaming Ray Data pass: read (the inputs for stage 1, the previous stage's
 `data/` otherwise), the operators in order, and a writer that sends kept rows to `data/` and

@@ -1,11 +1,13 @@
-"""Executors for global operators: the Ray Data side of operators that need the whole dataset.
+"""Executors for global operators: the engine side of operators that need the whole dataset.
 
 A global operator (`operators.base.GlobalOperator`) holds parameters and pure kernels; its
-executor, registered here under the same name, runs it over a Ray Data `Dataset` built from
-shuffles, groupbys and aggregations, never by collecting the corpus on the driver.
+executor, registered here under the same name, runs it over the stage's engine
+(`ctx.engine`, pipeline/engine.py): on Ray, a Ray Data `Dataset` built from shuffles,
+groupbys and aggregations; on either engine, the gathered form below. Never by collecting
+the corpus on the driver.
 
 An executor receives the stage's rows so far (already on disk, so it may read them more than
-once) and returns a Dataset with the same rows, the ones it drops marked with `reject_op`,
+once) as the engine's frame and returns a frame with the same rows, the ones it drops marked with `reject_op`,
 `reject_reason` and `reject_detail` (use `mark_rejected`). Statistics for the report go into
 `ctx.extra`. Every module in this package is imported on first lookup.
 
