@@ -237,6 +237,13 @@ class SparkEngine:
         if not files:
             return self.from_file_groups([], [], lambda group: iter(()), DOC_SCHEMA)
         schema = storage.unified_schema(files)
+        if storage.is_uri(folder):
+            # Object stores are kiln's (fsspec, pipeline/storage.py), which Spark's Hadoop file
+            # systems would need their own configuration for: read the files in the tasks.
+            from pipeline.runner import _read_parquet_group
+
+            read = functools.partial(_read_parquet_group, schema=schema, batch_rows=self.batch_size)
+            return self.from_file_groups([[f] for f in files], [storage.file_size(f) for f in files], read, schema)
         df = self.spark.read.schema(_spark_schema(schema)).parquet(*files)
         # mapInArrow resolves every column by name, and a dotted name (`stat.ppl`) would be
         # read as a struct field: the columns go under positional names, restored in the task.

@@ -255,6 +255,21 @@ def test_spark_resume_skips_finished_stages_and_verify_passes(engine_run, small_
 
 
 @pytest.mark.spark
+def test_spark_run_folder_behind_a_uri(spark_local, small_corpus, tmp_path):
+    """A run folder given as a URI goes through kiln's storage layer, as on Ray."""
+    from pipeline.verify import verify_run
+
+    run_dir = tmp_path / "uri-run"
+    data = {"run": {"output": run_dir.as_uri()}, "inputs": [{"path": small_corpus.as_uri(), "id_field": "id"}],
+            "stages": [{"name": "clean", "ops": [{"length_filter": {"min_chars": 20}}]},
+                       {"name": "dedup", "ops": [{"exact_dedup": {}}]}]}
+    stats = run_pipeline(parse_config(data), RunRequest(progress=False, engine="spark"), echo=lambda _: None)
+    assert [s["docs_in"] for s in stats["stages"]] == [301, 273]
+    assert list(stats["stages"][1]["rejected"]) == ["exact_dedup/duplicate"]
+    assert all(check.ok for check in verify_run(run_dir))
+
+
+@pytest.mark.spark
 def test_spark_over_the_memory_budget_stops_naming_the_operator(engine_run, small_corpus):
     data = {"ray": {"global_memory": 10},
             "inputs": [{"path": str(small_corpus), "source": "t", "id_field": "id"}],
