@@ -29,43 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 ENGINES = ["ray", "spark"]
 
 
-def _java_ok() -> str | None:
-    try:
-        import pyspark  # noqa: F401
-
-        from pipeline.spark_engine import check_java
-
-        check_java()
-    except ImportError:
-        return "pyspark is not installed (make setup installs it)"
-    except KilnError as e:
-        return str(e)
-    return None
-
-
-@pytest.fixture(scope="module")
-def spark_local():
-    """One local Spark for the module: runs join it (SparkEngine.start finds the active
-    session) instead of starting a JVM each; stopped at the end."""
-    reason = _java_ok()
-    if reason:
-        pytest.skip(reason)
-    import os
-
-    from pipeline.spark_engine import SparkEngine
-
-    # Spark's Python workers import test-local operators (this module) through PYTHONPATH.
-    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-
-    config = parse_config({"run": {"name": "spark-tests"}, "ray": {"num_cpus": 2, "batch_size": 256},
-                           "inputs": [{"path": str(REPO / "README.md")}],
-                           "stages": [{"name": "s", "ops": [{"normalize": {}}]}]})
-    engine = SparkEngine.start(config, RunRequest())
-    yield engine.spark
-    engine.spark.stop()
-
-
 @pytest.fixture
 def engine_run(tmp_path, request):
     """Run a config (a dict) on an engine into tmp_path/<engine>; returns (stats, run_dir)."""
