@@ -74,7 +74,7 @@ def run_once(config: Path, engine: str, run_dir: Path, cpus: int) -> dict:
 
 
 def outcomes(run_dir: Path) -> dict:
-    from pipeline import storage
+    from common import storage
 
     out = {}
     for stage in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit()):

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from pipeline.ids import IdClaims, make_unique  # noqa: E402
+from common.ids import IdClaims, make_unique  # noqa: E402
 
 BATCH = 4096
 
@@ -55,8 +55,8 @@ def bench_claims(n: int) -> dict[str, float]:
 
 
 def bench_reader(records: int) -> dict[str, float]:
-    from pipeline.config import InputSpec
-    from pipeline.readers import expand_inputs, read_file
+    from common.inputs import InputSpec
+    from common.readers import expand_inputs, read_file
 
     lines = []
     for name in ("CLUECorpusSmall_sampled.txt", "chnsenticorp.txt", "book_review_cls.txt"):

@@ -82,10 +82,10 @@ def bench_plain_loop(corpus: Path, out: Path, n_ops: int) -> float:
 
 
 def bench_kiln_in_process(corpus: Path, out: Path, n_ops: int) -> float:
+    from common.inputs import InputSpec
+    from common.readers import read_inputs
     from operators.base import run_operators, split_rejected
     from operators.normalize import Identity
-    from pipeline.config import InputSpec
-    from pipeline.readers import read_inputs
 
     ops = [Identity() for _ in range(n_ops)]
     started = time.perf_counter()

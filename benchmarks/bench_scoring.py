@@ -285,7 +285,7 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"bench_scoring: {SHARED} is missing: the benchmark needs ../shared/data", file=sys.stderr)
         return 2
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
     from pipeline.lm import find_kenlm_tool
 
     try:

@@ -201,9 +201,9 @@ def crawl_sample(ops) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from common.inputs import InputSpec
+    from common.readers import read_inputs
     from operators.base import REJECT_OP, run_operators
-    from pipeline.config import InputSpec
-    from pipeline.readers import read_inputs
 
     spec = InputSpec(path=str(WARCS / "resiliparse/warcfile.warc.gz"))
     table = pa.concat_tables(list(read_inputs([spec])))
@@ -241,10 +241,10 @@ def speed(args) -> dict:
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
+    from common.inputs import InputSpec
+    from common.readers import read_inputs
     from operators.base import run_operators
     from operators.html import HtmlExtract
-    from pipeline.config import InputSpec
-    from pipeline.readers import read_inputs
 
     pages = [p["html"] for p in load_pages(args.pages)]
     table = pa.table({"id": [str(i) for i in range(len(pages))], "text": pages,

@@ -31,9 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-REJECT_OP = "reject_op"
-REJECT_REASON = "reject_reason"
-REJECT_DETAIL = "reject_detail"
+from common.columns import REJECT_DETAIL, REJECT_OP, REJECT_REASON
+
 # Analyze mode: every "op/reason" an operator would have rejected a row for, joined by ";".
 WOULD_REJECT = "would_reject"
 # Per-row share of each operator's batch time; summed by the stage writer, never written.

@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from common.errors import KilnError
 from operators._text import count_regex, ratio, script_stats
 from operators.base import Filter, Outcome, Params, Resources, set_column, text_column
 from operators.registry import register
 from operators.rules import Rule
-from pipeline.errors import KilnError
 
 MODEL_FILE = "lid.176.ftz"
 # lid.176 labels for Chinese varieties; merged into `zh` by default.

@@ -52,17 +52,10 @@ import orjson
 import yaml
 from pydantic import Field, field_validator
 
-from pipeline import storage
-from pipeline.config import (
-    PipelineConfig,
-    RayOptions,
-    Strict,
-    load_config,
-    parse_config,
-    read_yaml,
-    validate_model,
-)
-from pipeline.errors import ConfigError, KilnError
+from common import storage
+from common.errors import ConfigError, KilnError
+from common.yamlconf import Strict, read_yaml, validate_model
+from pipeline.config import PipelineConfig, RayOptions, load_config, parse_config
 
 RESULTS = "results.json"
 ABLATION_DIR = "ablation"
@@ -171,8 +164,8 @@ def split_corpus(pipeline: PipelineConfig, options: SplitOptions, out_dir: Path)
     """Hash every readable document of the pipeline's inputs and write the two sides, one jsonl
     per source, into a folder named by the split's digest (so a different split never reuses
     pipeline stages built from another)."""
+    from common.readers import read_inputs
     from operators.base import REJECT_OP
-    from pipeline.readers import read_inputs
 
     rows: dict[str, list[tuple[str, str, str]]] = {}  # source -> [(hash, id, text)]
     unreadable = 0

@@ -17,7 +17,7 @@ import os
 import pkgutil
 import sys
 
-from pipeline.errors import KilnError
+from common.errors import KilnError
 
 
 def build_parser() -> argparse.ArgumentParser:

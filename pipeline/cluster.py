@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.errors import KilnError
+from common.errors import KilnError
 
 STATE = "cluster.json"
 TOKEN = "auth_token"

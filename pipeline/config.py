@@ -27,33 +27,15 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.errors import ConfigError
+from common.inputs import InputSpec
+from common.yamlconf import Strict, format_path, parse_size, read_yaml, validate_model
 from operators import registry
 from operators.base import Operator
-from pipeline.errors import ConfigError
-
-SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-              "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
-
-
-def parse_size(value: int | str) -> int:
-    """`2GB`, `512MiB`, `1e9` or an integer number of bytes."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not match or match.group(2).lower() not in SIZE_UNITS:
-        raise ValueError(f"not a size: {value!r} (use bytes or a unit such as 512MB, 2GB)")
-    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RunOptions(Strict):
@@ -87,50 +69,6 @@ class RayOptions(Strict):
     @classmethod
     def _budget(cls, v: Any) -> Any:
         return parse_size(v)
-
-
-class InputSpec(Strict):
-    path: str
-    format: Literal["auto", "jsonl", "txt", "parquet", "warc", "html"] = "auto"
-    source: str | None = None
-    text_field: str = "text"
-    id_field: str | None = None
-    url_field: str | None = "url"
-    lang: str | None = Field(None, description="declared language of every document, if known")
-    txt_mode: Literal["lines", "paragraphs", "file"] = "lines"
-    on_decode_error: Literal["reject", "replace"] = "reject"
-    encoding: str | None = Field(None, description="codec of the input's bytes (utf-8, gbk, gb18030, big5, "
-                                 "shift_jis, ...) or `auto` (BOM, UTF-8, declared charset, detection); "
-                                 "default utf-8, and auto for WARC and HTML")
-    html_field: str | None = Field(None, description="jsonl/parquet: the field holding a page's HTML; "
-                                   "it becomes the document text, for html_extract (instead of text_field)")
-    max_doc_bytes: int = Field(16 << 20, description="larger documents are rejected as too_large")
-    keep_meta: bool = Field(True, description="other fields travel as a JSON `meta` column")
-
-    @field_validator("max_doc_bytes", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return parse_size(v)
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, v: str | None) -> str | None:
-        from pipeline.decoding import AUTO, codec_name
-
-        if v is not None and v != AUTO and codec_name(v) is None:
-            raise ValueError(f"unknown encoding {v!r}: use a Python codec name (utf-8, gbk, gb18030, big5, "
-                             "shift_jis, windows-1252, ...) or auto")
-        return v
-
-    @model_validator(mode="after")
-    def _lines_need_ascii_newlines(self) -> InputSpec:
-        from pipeline.decoding import codec_name
-
-        wide = (codec_name(self.encoding) or "").startswith(("utf-16", "utf-32"))
-        if wide and self.format in ("auto", "jsonl", "txt") and self.txt_mode != "file":
-            raise ValueError(f"encoding {self.encoding}: such files cannot be split into lines; "
-                             "read them whole with format: txt, txt_mode: file")
-        return self
 
 
 class Resources(Strict):
@@ -194,57 +132,6 @@ class PipelineConfig(BaseModel):
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def format_path(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _error_message(prefix: Sequence[str | int], error: dict[str, Any], model: type[BaseModel] | None) -> str:
-    loc = [*prefix, *error["loc"]]
-    path = format_path(loc)
-    if error["type"] == "extra_forbidden":
-        hint = ""
-        if model is not None:
-            close = difflib.get_close_matches(str(error["loc"][-1]), list(_fields_at(model, error["loc"][:-1])), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-        known = ", ".join(_fields_at(model, error["loc"][:-1])) if model is not None else ""
-        return f"{path}: unknown key{hint}" + (f"; known keys: {known}" if known and not hint else "")
-    if error["type"] == "missing":
-        return f"{path}: required key is missing"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{path}: {message} (got {error.get('input')!r})" if "input" in error else f"{path}: {message}"
-
-
-def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        elif inner:
-            model = inner[0]
-        else:
-            return []
-    return list(model.model_fields)
-
-
-def validate_model(model: type[BaseModel], data: Any, prefix: Sequence[str | int]) -> BaseModel:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{format_path(prefix) or 'config'}: expected a mapping, got {type(data).__name__}")
-    try:
-        return model(**data)
-    except ValidationError as e:
-        messages = [_error_message(prefix, err, model) for err in e.errors()]
-        raise ConfigError("; ".join(messages)) from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -329,17 +216,6 @@ def parse_config(data: Any, source_path: str | None = None) -> PipelineConfig:
     config = PipelineConfig(run=run, ray=ray_options, inputs=inputs, stages=stages,
                             source_path=source_path, raw=data)
     return config
-
-
-def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
-    """A YAML file's data, or a ConfigError naming the file (missing, or not valid YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} " + ("is not a file" if path.exists() else "does not exist"))
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
 def load_config(path: str | os.PathLike) -> PipelineConfig:

@@ -40,7 +40,7 @@ class Engine(Protocol):
 
     # --- rows
     def read_inputs(self, config: PipelineConfig) -> Any:
-        """The config's inputs as a frame (`pipeline.readers.read_file` per file), ids unique."""
+        """The config's inputs as a frame (`common.readers.read_file` per file), ids unique."""
 
     def read_stage(self, folder: str | Path) -> Any:
         """The parquet files of a folder as a frame with their unified schema."""

@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from common.errors import InputError, KilnError
+from common.inputs import InputSpec
 from operators.base import REJECT_OP
 from operators.scoring import (
     NEGATIVE_LABEL,
@@ -40,8 +42,6 @@ from operators.scoring import (
     prepare_classifier_text,
     prepare_sentences,
 )
-from pipeline.config import InputSpec
-from pipeline.errors import InputError, KilnError
 
 REPO = Path(__file__).resolve().parents[1]
 KENLM_DIR = REPO / "third_party" / "kenlm"
@@ -103,7 +103,7 @@ def iter_documents(paths: Sequence[str], stats: CorpusStats, text_field: str = "
                    txt_mode: str = "lines") -> Iterator[str]:
     """Texts of every usable record of the files (folders and globs allowed), through kiln's
     readers; unreadable records are counted, not fatal."""
-    from pipeline.readers import expand_inputs, read_file
+    from common.readers import expand_inputs, read_file
 
     if not paths:
         raise InputError("no corpus files given")

@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Any
 
-from pipeline import storage
-from pipeline.errors import KilnError
+from common import storage
+from common.errors import KilnError
 
 LOCK_NAME = ".kiln-lock"
 

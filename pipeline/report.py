@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common import storage
+from common.errors import KilnError
 from operators.base import REJECT_DETAIL, REJECT_OP, REJECT_REASON, WOULD_REJECT
-from pipeline import storage
-from pipeline.errors import KilnError
 from pipeline.report_data import (
     files_of,
     flagged,

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from common import storage
 from operators.base import REJECT_OP, REJECT_REASON, STAT_PREFIX, WOULD_REJECT
-from pipeline import storage
 
 CHARS_STAT = "stat.chars"
 UNKNOWN = "(unknown)"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import KilnError
+from common.errors import KilnError
 from pipeline.report_data import (
     files_of,
     histogram,

@@ -39,6 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from common import storage
+from common.errors import ConfigError, KilnError, StageError
+from common.ids import IdClaims, make_unique
+from common.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 from operators.base import (
     REJECT_DETAIL,
     REJECT_OP,
@@ -51,14 +55,10 @@ from operators.base import (
     split_rejected,
 )
 from pipeline import stats as stats_lib
-from pipeline import storage
 from pipeline.cluster import join_on_loopback
 from pipeline.config import PipelineConfig, StageSpec
-from pipeline.errors import ConfigError, KilnError, StageError
-from pipeline.ids import IdClaims, make_unique
 from pipeline.lock import RunLock
 from pipeline.progress import ProgressReporter
-from pipeline.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
 
 log = logging.getLogger("kiln")
 BYTES_IN = "_kiln.bytes_in"
@@ -1005,7 +1005,7 @@ class Runner:
         return st
 
     def _execute(self, index: int, stage: StageSpec, tmp_dir: Path, num_cpus: int):
-        from pipeline.global_ops import GlobalContext, get_executor
+        from pipeline.global_ops import BatchOverlay, GlobalContext, get_executor, reads_files
 
         engine = self.engine
         analyze = self.request.analyze
@@ -1038,39 +1038,65 @@ class Runner:
             return None if final else engine.read_stage(target)
 
         segment = 0
-        on_disk = False  # ds is a segment just read back, with no operator applied since
         finished = False
         start = True  # the stage start (_stage_start) runs with the first per-batch operators
         per_batch: list[tuple[Operator, Any]] = []  # per-batch operators not mapped yet
+        # Where ds's rows can be read from file by file: a folder of parquet files and the
+        # overlays that turn its rows into ds's (global_ops.BatchOverlay, FileDecisions), or
+        # None when ds has operators applied that no file holds yet.
+        files_dir: Path | None = None
+        overlays: list[Any] = []
+        if index > 0:
+            files_dir = self.dirs[index - 1] / storage.DATA
+        op_seconds: dict[str, float] = {}
         for position, (op, spec) in enumerate(ops):
             if op.kind != "global":
                 per_batch.append((op, spec))
                 continue
-            if per_batch or start:
+            if per_batch:
                 ds = engine.map_operators(ds, per_batch, batch_size, analyze, start=start)
-                per_batch, start, on_disk = [], False, False
-            if not on_disk:  # a global operator reads its input more than once: from disk
+                per_batch, start, files_dir = [], False, None
+            elif start and files_dir is not None:
+                # The stage starts with a global operator: it reads the previous stage's files
+                # with the stage start as an overlay, not a scratch copy of them.
+                ds = engine.map_operators(ds, [], batch_size, analyze, start=True)
+                start, overlays = False, [BatchOverlay(_stage_start)]
+            elif start:
+                ds = engine.map_operators(ds, [], batch_size, analyze, start=True)
+                start, files_dir = False, None
+            if files_dir is None or (overlays and not reads_files(op.name)):
+                # A global operator reads its input more than once: from disk, and operators
+                # other than the file readers get the rows kept so far only.
                 ds = write(ds, segment, final=False)
                 segment += 1
+                files_dir, overlays = segment_dirs[-1], []
             ctx = GlobalContext(work_dir=tmp_dir / "_work" / f"{op.label}", batch_size=batch_size, analyze=analyze,
                                 num_cpus=num_cpus, stage_name=stage.name, output_dir=tmp_dir,
                                 run_dir=self.run_dir, config_sha256=self.config.config_hash(),
-                                input_dir=segment_dirs[-1], memory_budget=self.config.ray.global_memory,
-                                engine=engine)
+                                input_dir=files_dir, memory_budget=self.config.ray.global_memory,
+                                overlays=list(overlays), engine=engine)
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            ds = get_executor(op.name)(op, ds, ctx)
+            result = get_executor(op.name)(op, ds, ctx)
             finished = position == len(ops) - 1
-            ds = write(ds, segment, final=finished)
-            segment += 1
-            on_disk = True
+            if finished:
+                write(result, segment, final=True)
+                segment += 1
+            elif reads_files(op.name) and (ctx.result_overlays is not None or result is ds):
+                # Decided, not yet applied: the next operator reads the same files with this
+                # one's decisions as one more overlay; the stage writes once, at its end.
+                overlays = ctx.result_overlays if ctx.result_overlays is not None else overlays
+                ds = result
+            else:
+                ds, files_dir, overlays = result, None, []
             ctx.extra["wall_seconds"] = round(time.perf_counter() - started, 3)
             extra[op.label] = ctx.extra
-            sink_counts[-1].setdefault("seconds", {})[op.label] = ctx.extra["wall_seconds"]
+            op_seconds[op.label] = ctx.extra["wall_seconds"]
         if per_batch or start:
             ds = engine.map_operators(ds, per_batch, batch_size, analyze, start=start)
         if not finished:
             write(ds, segment, final=True)
+        sink_counts[-1].setdefault("seconds", {}).update(op_seconds)
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         storage.remove_tree(tmp_dir / "_work")

@@ -27,7 +27,7 @@ near-duplicates among them are the ones truth.jsonl names.
 Noise is planted at the rates of `NOISE_TABLE` (share of all records), one kind per
 document; the reader cases and the huge document have fixed counts.
 
-Ids in truth.jsonl (`pipeline_id`) are what `pipeline.readers` produces with each file's
+Ids in truth.jsonl (`pipeline_id`) are what `common.readers` produces with each file's
 default source name (web, news, forum, books) and `id_field` set to `id` (web, books) and
 `doc_id` (news): `<source>:<id>`, or `<source>:<file>:<line>` where a line has no usable id
 (forum.txt, and lines that cannot be parsed).
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, KilnError
+from common.errors import InputError, KilnError
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo" / "source"
 DEFAULT_DOCS = 4000

@@ -6,7 +6,7 @@ Ray cluster exists, and write the same run folder.
 
 - Rows are a `SparkFrame`: a DataFrame whose partitions feed a picklable function yielding
   Arrow tables (the *source*), and the per-batch functions still to apply. Stage 0's DataFrame
-  has one row per group of input files, read with `pipeline.readers.read_file` in the task;
+  has one row per group of input files, read with `common.readers.read_file` in the task;
   later stages are `spark.read.parquet(previous/data)`, its Arrow batches conformed to the
   files' unified schema.
 - Work runs through `mapInArrow`: each task applies the operator chain (`runner._apply_chain`;
@@ -20,7 +20,7 @@ Ray cluster exists, and write the same run folder.
   tokenize_pack's encode / plan / pack. Ray's distributed forms (shuffles above
   `ray.global_memory`) have no Spark counterpart yet: such a stage stops with a one-line error.
 
-Ids are made unique as Ray makes them (pipeline/ids.py), with the claims kept inside the read
+Ids are made unique as Ray makes them (common/ids.py), with the claims kept inside the read
 task: input files are grouped so that every file whose ids could collide (the same source) is
 read by one task, in input order, so "the first copy read" is the first in input order.
 A corpus of one source is therefore read by one task (its later stages are parallel).
@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from common import storage
+from common.errors import ConfigError, KilnError
 from pipeline import stats as stats_lib
-from pipeline import storage
-from pipeline.errors import ConfigError, KilnError
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
@@ -222,7 +222,7 @@ class SparkEngine:
         return SparkFrame(df, functools.partial(_group_rows, groups, read), schema)
 
     def read_inputs(self, config: PipelineConfig) -> SparkFrame:
-        from pipeline.readers import DOC_SCHEMA, expand_inputs
+        from common.readers import DOC_SCHEMA, expand_inputs
         from pipeline.runner import _read_input_group
 
         files = expand_inputs(config.inputs)
@@ -231,14 +231,14 @@ class SparkEngine:
         return self.from_file_groups(groups, [sum(f.size for f, _ in g) for g in groups], read, DOC_SCHEMA)
 
     def read_stage(self, folder: str | os.PathLike) -> SparkFrame:
-        from pipeline.readers import DOC_SCHEMA
+        from common.readers import DOC_SCHEMA
 
         files = storage.parquet_files(folder)
         if not files:
             return self.from_file_groups([], [], lambda group: iter(()), DOC_SCHEMA)
         schema = storage.unified_schema(files)
         if storage.is_uri(folder):
-            # Object stores are kiln's (fsspec, pipeline/storage.py), which Spark's Hadoop file
+            # Object stores are kiln's (fsspec, common/storage.py), which Spark's Hadoop file
             # systems would need their own configuration for: read the files in the tasks.
             from pipeline.runner import _read_parquet_group
 

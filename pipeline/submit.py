@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import KilnError
+from common.errors import KilnError
 
 PROJECT = Path(__file__).resolve().parents[1]
 # gitignore syntax; a leading / anchors at the project root (pipeline code may have a data/).

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, KilnError
+from common.errors import InputError, KilnError
 
 MODEL_FILE = "tokenizer.model"
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -63,9 +63,9 @@ def read_texts(paths: Sequence[str], text_field: str = "text", txt_mode: str = "
     """Documents of text files (.txt one per line or paragraph or file, .jsonl[.gz|.zst|...]
     with `text_field`, .parquet such as a kiln stage's `data/`), through kiln's own readers.
     Unusable records are skipped (the pipeline, not tokenizer training, accounts for them)."""
+    from common.inputs import InputSpec
+    from common.readers import read_inputs
     from operators.base import REJECT_OP
-    from pipeline.config import InputSpec
-    from pipeline.readers import read_inputs
 
     specs = [InputSpec(path=str(p), text_field=text_field, txt_mode=txt_mode, keep_meta=False) for p in paths]
     for table in read_inputs(specs):

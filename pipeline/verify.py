@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from common import storage
+from common.errors import KilnError
+from common.readers import read_inputs
 from operators.base import REJECT_OP, REJECT_REASON
-from pipeline import storage
 from pipeline.config import parse_inputs
-from pipeline.errors import KilnError
-from pipeline.readers import read_inputs
 
 EXAMPLES = 5
 

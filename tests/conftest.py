@@ -44,7 +44,7 @@ def spark_unavailable() -> str | None:
     try:
         import pyspark  # noqa: F401
 
-        from pipeline.errors import KilnError
+        from common.errors import KilnError
         from pipeline.spark_engine import check_java
     except ImportError:
         return "pyspark is not installed (make setup installs it)"

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import storage
+from common import storage
 
 ZH_NEWS = "zh_uer_corpora/corpora/CLUECorpusSmall_sampled.txt"
 ZH_REVIEWS = "zh_uer_corpora/corpora/chnsenticorp.txt"

@@ -10,8 +10,8 @@ import orjson
 import pytest
 import yaml
 
+from common.errors import ConfigError
 from pipeline import ablate
-from pipeline.errors import ConfigError
 
 WORDS = ["data", "model", "token", "clean", "text", "river", "city", "market", "music", "school", "paper", "light", "table", "water", "garden", "morning", "evening", "window", "train", "station", "letter", "number", "story"]
 

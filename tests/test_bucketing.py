@@ -267,7 +267,7 @@ def test_colossal_and_normalized_buckets(run_config, tmp_path, engine):
 
 @pytest.mark.ray
 def test_a_missing_statistic_is_a_one_line_error(run_config, two_languages):
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
 
     with pytest.raises(KilnError, match=r"no column stat\.ppl.*perplexity operator"):
         run_config({"inputs": two_languages, "stages": [{"name": "s", "ops": [{"perplexity_select": {}}]}]})

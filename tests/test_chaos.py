@@ -33,10 +33,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import storage
+from common import storage
+from common.errors import StageError
 from pipeline.cli import main
 from pipeline.config import parse_config
-from pipeline.errors import StageError
 from pipeline.runner import RunRequest, run_pipeline
 from pipeline.verify import verify_run
 

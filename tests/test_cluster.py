@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import storage
+from common import storage
+from common.errors import KilnError
 from pipeline.cluster import LocalCluster, free_port
-from pipeline.errors import KilnError
 from pipeline.submit import SubmitRequest, _client, follow, normalise_address, submit
 from pipeline.verify import verify_run
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from pipeline.config import load_config, parse_config, parse_size
-from pipeline.errors import ConfigError
+from common.errors import ConfigError
+from common.yamlconf import parse_size
+from pipeline.config import load_config, parse_config
 
 
 def config(**overrides):

@@ -9,10 +9,11 @@ import json
 import pyarrow as pa
 import pytest
 
-from pipeline.config import InputSpec, parse_config
-from pipeline.decoding import codec_name
-from pipeline.errors import ConfigError
-from pipeline.readers import read_inputs
+from common.decoding import codec_name
+from common.errors import ConfigError
+from common.inputs import InputSpec
+from common.readers import read_inputs
+from pipeline.config import parse_config
 
 
 def read(**spec) -> pa.Table:

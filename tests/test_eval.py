@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from common.errors import KilnError  # noqa: E402
 from pipeline.cli import main  # noqa: E402
-from pipeline.errors import KilnError  # noqa: E402
 from trainer import evaluate  # noqa: E402
 
 TEXT = [

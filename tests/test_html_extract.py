@@ -8,10 +8,10 @@ import json
 import pyarrow as pa
 import pytest
 
+from common.inputs import InputSpec
+from common.readers import read_inputs
 from operators.base import REJECT_OP, run_operators
 from operators.html import HtmlExtract
-from pipeline.config import InputSpec
-from pipeline.readers import read_inputs
 
 
 def pages_table(shared_data, names: list[str]) -> pa.Table:

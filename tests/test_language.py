@@ -19,9 +19,9 @@ from shared_text import (
     weibo_posts,
 )
 
+from common.errors import KilnError
 from operators.base import run_operators, split_rejected
 from operators.language import LanguageId, ModelMissing
-from pipeline.errors import KilnError
 
 
 @pytest.fixture(scope="module")

@@ -389,7 +389,7 @@ def test_same_type_mode_and_reruns_are_identical(tmp_path, tok_dir, docs, run_co
 
 @pytest.mark.ray
 def test_analyze_writes_no_shards_and_bad_tokenizer_is_one_line(tmp_path, tok_dir, docs, run_config):
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
 
     write_corpus(tmp_path / "docs.jsonl", docs[:20])
     stats, run = run_config(pack_config(tmp_path / "docs.jsonl", tok_dir), analyze=True)

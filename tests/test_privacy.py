@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from common.errors import ConfigError
 from operators.base import run_operators, split_rejected
 from operators.privacy import (
     PII_TYPES,
@@ -25,7 +26,6 @@ from operators.privacy import (
     luhn_ok,
 )
 from pipeline.config import parse_config
-from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

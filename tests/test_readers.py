@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline.config import InputSpec
-from pipeline.errors import InputError
-from pipeline.readers import expand_inputs, read_inputs
+from common.errors import InputError
+from common.inputs import InputSpec
+from common.readers import expand_inputs, read_inputs
 
 
 def read(tmp_path, **spec) -> pa.Table:
@@ -165,7 +165,7 @@ def test_a_repeated_id_is_renamed_within_a_file_and_across_files(tmp_path):
 
 
 def test_id_claims_hold_many_ids_and_find_repeats_across_batches():
-    from pipeline.ids import IdClaims
+    from common.ids import IdClaims
 
     claims = IdClaims()
     for start in range(0, 200_000, 4096):

@@ -10,8 +10,8 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from pipeline.config import InputSpec
-from pipeline.readers import expand_inputs, read_inputs
+from common.inputs import InputSpec
+from common.readers import expand_inputs, read_inputs
 
 
 def read(**spec) -> pa.Table:

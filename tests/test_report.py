@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 import report_runs
 
-from pipeline import storage
+from common import storage
+from common.errors import KilnError
 from pipeline.cli import main
-from pipeline.errors import KilnError
 from pipeline.report import ReportOptions, build_report, write_report
 from pipeline.report_data import histogram, take_rows, tally
 from pipeline.report_eval import (

@@ -10,10 +10,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from common import storage
+from common.errors import KilnError, StageError
 from operators.base import GlobalOperator, Mapper, Params
 from operators.registry import register
-from pipeline import runner, storage
-from pipeline.errors import KilnError, StageError
+from pipeline import runner
 from pipeline.global_ops import global_executor, mark_rejected
 from pipeline.verify import verify_run
 

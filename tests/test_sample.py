@@ -17,11 +17,11 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from common.errors import KilnError
+from common.inputs import InputSpec
+from common.readers import read_inputs
 from pipeline import sample
 from pipeline.cli import main
-from pipeline.config import InputSpec
-from pipeline.errors import KilnError
-from pipeline.readers import read_inputs
 from pipeline.sample import (
     BOOKS,
     DEFAULT_RATES,

@@ -132,7 +132,7 @@ def test_prepare_empty_and_invisible_only_text():
 
 @pytest.fixture(scope="session")
 def lmplz_ready():
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
     from pipeline.lm import find_kenlm_tool
 
     try:

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from common.errors import ConfigError
 from operators.base import run_operators, split_rejected
 from operators.sensitive import (
     SENSITIVE_DIR,
@@ -25,7 +26,6 @@ from operators.sensitive import (
     read_lexicon,
 )
 from pipeline.config import parse_config
-from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 RATE_COLUMNS = ["stat.rate_privacy", "stat.rate_toxic", "stat.rate_ad", "stat.rate_html"]

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from common import storage
+from common.errors import ConfigError, KilnError, StageError
 from operators.base import Mapper, Params
 from operators.registry import register
-from pipeline import storage
 from pipeline.config import parse_config
-from pipeline.errors import ConfigError, KilnError, StageError
 from pipeline.runner import RunRequest, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from pipeline import storage
+from common import storage
 from pipeline.verify import verify_run
 
 pytestmark = pytest.mark.ray
@@ -40,9 +40,9 @@ def run(data: dict, **request):
 def test_inputs_behind_uris_read_like_local_files(docs, tmp_path):
     import gzip
 
+    from common.errors import InputError
+    from common.readers import read_inputs
     from pipeline.config import parse_inputs
-    from pipeline.errors import InputError
-    from pipeline.readers import read_inputs
 
     folder = tmp_path / "uri-in"
     folder.mkdir()
@@ -123,7 +123,7 @@ def test_a_copy_cut_short_leaves_an_unfinished_stage(tmp_path, monkeypatch):
 
 
 def test_packing_into_a_uri_run_folder_is_refused_with_the_yaml_path(docs, tmp_path):
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
 
     data = config(docs, (tmp_path / "out").as_uri())
     data["stages"].append({"name": "pack", "ops": [{"tokenize_pack": {"tokenizer": str(tmp_path / "tok")}}]})

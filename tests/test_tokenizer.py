@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from common.errors import InputError, KilnError
 from pipeline import tokenizer as T
 from pipeline.cli import main
-from pipeline.errors import InputError, KilnError
 
 # Whitespace and byte-fallback cases where SentencePiece and naive HF conversions differ.
 EDGE_CASES = [

@@ -19,7 +19,7 @@ import pytest
 import torch
 import train_fixtures as F
 
-from pipeline.errors import ConfigError, InputError, KilnError
+from common.errors import ConfigError, InputError, KilnError
 from trainer import model as M
 from trainer.config import parse_train_config
 from trainer.data import DataPlan, ShardData

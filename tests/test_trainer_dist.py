@@ -161,7 +161,7 @@ def test_ray_train_launcher_runs_two_ranks(tmp_path, monkeypatch):
 def test_a_rank_without_a_gpu_is_a_clear_error(monkeypatch):
     """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 would take cuda:1, which does not
     exist; it says so before starting NCCL."""
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
     from trainer.train import Dist
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from common.errors import InputError
 from pipeline.cli import main
-from pipeline.errors import InputError
 from trainer.delta import apply_delta, make_delta
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -22,8 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from pipeline.config import Strict, format_path, read_yaml, validate_model
-from pipeline.errors import ConfigError
+from common.errors import ConfigError
+from common.yamlconf import Strict, format_path, read_yaml, validate_model
 
 
 class ModelOptions(Strict):

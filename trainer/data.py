@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError, InputError
+from common.errors import ConfigError, InputError
 from trainer.config import DataOptions, Phase
 from trainer.shards import Manifest, ShardFormatError, check_tokenizer, read_shard, validate_shards
 

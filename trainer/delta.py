@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import InputError
+from common.errors import InputError
 
 FORMAT = "kiln-delta"
 INDEX = "delta.index.json"

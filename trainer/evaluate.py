@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.errors import InputError, KilnError
+from common.errors import InputError, KilnError
 
 HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 LATIN = re.compile(r"[A-Za-z]")
@@ -157,8 +157,8 @@ def read_eval_docs(path: str | os.PathLike, text_field: str = "text", txt_mode: 
     `txt_mode`), .jsonl[.gz|.zst|...] (`text_field`, and `source` / `lang` fields when there),
     .parquet, or a folder of parquet files such as a kiln stage's `data/`. Source defaults to
     the file's name, language to the script of the text."""
-    from pipeline.config import InputSpec
-    from pipeline.readers import _default_source, read_inputs
+    from common.inputs import InputSpec
+    from common.readers import _default_source, read_inputs
 
     path = Path(path)
     name = _default_source(str(path.name if path.is_file() else path.name or path))
@@ -365,15 +365,15 @@ def parse_question(record: Any, where: str, default_subject: str) -> Question:
 
 
 def read_questions(path: str | os.PathLike) -> list[Question]:
-    from pipeline.config import InputSpec
-    from pipeline.readers import expand_inputs
+    from common.inputs import InputSpec
+    from common.readers import expand_inputs
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"multiple-choice file {path} does not exist")
     subject = re.sub(r"_(dev|val|test|train)$", "", path.name.split(".")[0])
     file = expand_inputs([InputSpec(path=str(path), format="jsonl")])[0]
-    from pipeline.readers import _iter_lines, _open
+    from common.readers import _iter_lines, _open
 
     questions = []
     with _open(file) as stream:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import ConfigError, InputError, KilnError
+from common.errors import ConfigError, InputError, KilnError
 
 # Dense bf16 tensor-core peak per GPU, TFLOPS (NVIDIA datasheets, without sparsity), for MFU.
 # torch names devices "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe", "NVIDIA H100 NVL",

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline.errors import InputError, KilnError
+from common.errors import InputError, KilnError
 from trainer import model as M
 from trainer.config import TrainConfig
 from trainer.data import DataPlan, ShardData

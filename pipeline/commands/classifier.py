@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
     from pipeline.lm import ClassifierTrainRequest, train_classifier
 
     if not 0 <= args.validation < 1:

@@ -22,9 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from common.errors import KilnError
+    from common.yamlconf import parse_size
     from pipeline.cluster import LocalCluster
-    from pipeline.config import parse_size
-    from pipeline.errors import KilnError
 
     existing = LocalCluster.load(args.dir)
     if args.action == "down":

@@ -44,7 +44,7 @@ def handle(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
     from trainer.evaluate import EvalRequest, print_results, run_eval
 
     if args.batch_size < 1:

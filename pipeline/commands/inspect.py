@@ -79,7 +79,7 @@ def describe_row(row: dict, tokenizer, bos_id: int | None, pad_id: int, max_char
 def handle(args: argparse.Namespace) -> int:
     from tokenizers import Tokenizer
 
-    from pipeline.errors import InputError
+    from common.errors import InputError
     from trainer.shards import Manifest, ShardFormatError, read_shard
 
     path = Path(args.path)

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
     from pipeline.report import ReportOptions, print_summary, write_report
     from pipeline.report_eval import EvalOptions, parse_thresholds
 

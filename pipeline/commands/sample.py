@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_rates(items: list[str]) -> dict[str, float]:
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
 
     rates = {}
     for item in items:
@@ -40,7 +40,7 @@ def parse_rates(items: list[str]) -> dict[str, float]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
     from pipeline.sample import generate
 
     try:

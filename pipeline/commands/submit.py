@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pipeline.errors import KilnError
+    from common.errors import KilnError
     from pipeline.submit import SubmitRequest, exit_code, kiln_command, read_token, submit
 
     if not args.address:

@@ -19,9 +19,14 @@ file number and row position, which cannot repeat even where document ids do);
 `run_in_one_task` hands those files to one task that decides and writes a decision table per
 input file (`write_decisions`); `marked_dataset` reads the input files again and applies each
 file's decisions by row position. No shuffle, no join, and no fixed cost of an exchange.
+Above the budget, executors take their distributed form (shuffles, joins by row key).
 These steps go through the stage's engine (`ctx.engine`, pipeline/engine.py), so the gathered
-form runs on Ray and on Spark alike. Above the budget, executors take their distributed form
-(Ray Data shuffles, joins by row key), which only the Ray engine has.
+form runs on Ray and on Spark alike; the distributed form is Ray Data's only.
+
+Between gathered operators of a stage nothing is written: an operator's decisions become an
+*overlay* of the same input files (`FileDecisions`), applied wherever the next operator reads
+them, so a stage of exact + URL + MinHash dedup reads the previous stage's files and writes its
+own once, not once per operator. Row keys always name positions in those files.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ if TYPE_CHECKING:
 
 Executor = Callable[[GlobalOperator, "ray.data.Dataset", "GlobalContext"], "ray.data.Dataset"]
 _EXECUTORS: dict[str, Executor] = {}
+# Executors that read their input only through the files and `ctx.overlays` (never the rows
+# of `ds`), so they can take a stage's rows without a scratch copy written first.
+_READS_FILES: set[str] = set()
 _discovered = False
 
 
@@ -72,6 +80,13 @@ class GlobalContext:
     # execution by row key; and the memory a gathered step may use in its one task.
     input_dir: Path | None = None
     memory_budget: int = 2 << 30
+    # What turns the rows of `input_dir`'s files into the rows so far, batch by batch, in
+    # order: the stage start, and the decisions of earlier gathered operators of the stage,
+    # which are applied where the files are read instead of being written out in between.
+    overlays: list[Any] = field(default_factory=list)
+    # Set by `marked_dataset`: the overlays that give this operator's output from the same
+    # files, so that the runner may hand them to the next operator without writing.
+    result_overlays: list[Any] | None = None
     # The engine running the stage (pipeline/engine.py): executors read, map, write and
     # exchange through it, so one executor serves Ray and Spark. None: Ray (tests that build
     # a context by hand).
@@ -94,12 +109,21 @@ class GlobalContext:
         return max(2, 2 * self.num_cpus)
 
 
-def global_executor(name: str) -> Callable[[Executor], Executor]:
+def global_executor(name: str, reads_files: bool = False) -> Callable[[Executor], Executor]:
     def decorate(fn: Executor) -> Executor:
         _EXECUTORS[name] = fn
+        if reads_files:
+            _READS_FILES.add(name)
         return fn
 
     return decorate
+
+
+def reads_files(name: str) -> bool:
+    """Whether the executor of `name` reads its input through `ctx.input_dir` and
+    `ctx.overlays` only (see `_READS_FILES`)."""
+    get_executor(name)
+    return name in _READS_FILES
 
 
 def get_executor(name: str) -> Executor:
@@ -180,7 +204,7 @@ DECISION_POSITION = "_position"
 
 def input_files(ctx: GlobalContext) -> list[str]:
     """The parquet files of the rows so far, in the order row keys number them."""
-    from pipeline import storage
+    from common import storage
 
     if ctx.input_dir is None:
         raise RuntimeError("gathered execution needs ctx.input_dir (set by the runner)")
@@ -191,27 +215,72 @@ def row_keys(file_number: int, start: int, count: int) -> np.ndarray:
     return (np.int64(file_number) << np.int64(_FILE_SHIFT)) + np.arange(start, start + count, dtype=np.int64)
 
 
-def _keyed_batches(file_number: int, path: str, schema: pa.Schema | None, batch_rows: int):
-    """Batches of one input file (conformed to `schema` when given), and their first row's position."""
-    from pipeline import storage
+@dataclass(frozen=True)
+class BatchOverlay:
+    """A per-batch function (the stage start) applied to every batch read from the files."""
+
+    fn: Callable[[pa.Table], pa.Table]
+
+    def load(self, file_number: int) -> None:
+        return None
+
+    def apply(self, table: pa.Table, position: int, state: None) -> pa.Table:
+        return self.fn(table)
+
+
+@dataclass(frozen=True)
+class FileDecisions:
+    """A gathered operator's decisions (`write_decisions`' per-file tables), applied by row
+    position to every batch read from the files, then `post`."""
+
+    decisions_dir: str
+    decision_schema: pa.Schema
+    label: str
+    analyze: bool
+    post: Callable[[pa.Table], pa.Table] | None = None
+
+    def load(self, file_number: int) -> pa.Table:
+        from common import storage
+
+        decision_file = storage.location(self.decisions_dir) / f"{file_number:06d}.parquet"
+        return (storage.parquet_file(str(decision_file)).read() if decision_file.is_file()
+                else self.decision_schema.empty_table())
+
+    def apply(self, table: pa.Table, position: int, state: pa.Table) -> pa.Table:
+        return _apply_file_decisions(table, position, state, self.label, self.analyze, self.post)
+
+
+def _keyed_batches(file_number: int, path: str, schema: pa.Schema | None, batch_rows: int,
+                   overlays: list[Any] = ()):
+    """Batches of one input file (conformed to `schema` when given) with the overlays applied,
+    and their first row's position."""
+    from common import storage
     from pipeline.runner import conform
 
+    states = [overlay.load(file_number) for overlay in overlays]
     position = 0
     for batch in storage.parquet_file(path).iter_batches(batch_size=batch_rows):
         table = pa.Table.from_batches([batch])
         if schema is not None:
             table = conform(table, schema)
+        rows = table.num_rows
+        for overlay, state in zip(overlays, states):
+            table = overlay.apply(table, position, state)
         yield table, position
-        position += table.num_rows
+        position += rows
 
 
 def _map_file_task(file_number: int, path: str, schema: pa.Schema, batch_rows: int, fn: Callable,
-                   out_schema: pa.Schema, out_dir: str) -> dict[str, Any]:
-    from pipeline import storage
+                   out_schema: pa.Schema, out_dir: str, overlays: list[Any] = ()) -> dict[str, Any]:
+    from common import storage
+    from operators.base import active_mask
 
     parts = []
-    for table, position in _keyed_batches(file_number, path, schema, batch_rows):
+    for table, position in _keyed_batches(file_number, path, schema, batch_rows, overlays):
         table = table.append_column(ROW_KEY, pa.array(row_keys(file_number, position, table.num_rows)))
+        active = active_mask(table)  # rows an earlier operator of the stage rejected take no part
+        if active is not None:
+            table = table.filter(active)
         parts.append(fn(table))
     out = pa.concat_tables(parts).select(out_schema.names).cast(out_schema) if parts else out_schema.empty_table()
     if out.num_rows:
@@ -224,12 +293,12 @@ def map_input_files(ctx: GlobalContext, fn: Callable[[pa.Table], pa.Table], out_
     """`fn` over every batch of the rows so far (each with its `ROW_KEY`), in one task per
     input file (the engine's `map_files`), writing `out_dir/part-<file number>.parquet`;
     returns the rows and in-memory bytes written. What each task returns is two numbers."""
-    from pipeline import storage
+    from common import storage
 
     files = input_files(ctx)
     schema = storage.unified_schema(files) if files else None
     task = functools.partial(_map_file_task, schema=schema, batch_rows=ctx.batch_size, fn=fn, out_schema=out_schema,
-                             out_dir=str(out_dir))
+                             out_dir=str(out_dir), overlays=ctx.overlays)
     results = ctx.get_engine().map_files(task, list(enumerate(files)))
     return {"rows": sum(r["rows"] for r in results), "bytes": sum(r["bytes"] for r in results)}
 
@@ -242,7 +311,7 @@ def run_in_one_task(ctx: GlobalContext, fn: Callable[..., Any], *args: Any) -> A
 def write_decisions(decisions: pa.Table, out_dir: Path) -> int:
     """Split a decision table (a `ROW_KEY` column, `reason`, optional `detail` and extra
     columns) by input file into `out_dir/<file number>.parquet`, rows named by position."""
-    from pipeline import storage
+    from common import storage
 
     if decisions.num_rows == 0:
         return 0
@@ -278,23 +347,16 @@ def _apply_file_decisions(table: pa.Table, position: int, decisions: pa.Table | 
     return post(table) if post is not None else table
 
 
-def _read_marked(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: int, decisions_dir: str,
-                 decision_schema: pa.Schema, label: str, analyze: bool, post: Callable[[pa.Table], pa.Table] | None):
-    from pipeline import storage
-
+def _read_overlaid(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: int, overlays: list[Any]):
     for file_number, path in group:
-        decision_file = storage.location(decisions_dir) / f"{file_number:06d}.parquet"
-        decisions = (storage.parquet_file(str(decision_file)).read() if decision_file.is_file()
-                     else decision_schema.empty_table())
-        for table, position in _keyed_batches(file_number, path, schema, batch_rows):
-            yield _apply_file_decisions(table, position, decisions, label, analyze, post)
+        for table, _ in _keyed_batches(file_number, path, schema, batch_rows, overlays):
+            yield table
 
 
-def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
-                   post: Callable[[pa.Table], pa.Table] | None = None) -> Any:
-    """The rows so far, read again file by file, with the decisions `write_decisions` wrote
-    applied by row position (`post`, if given, then runs on every batch)."""
-    from pipeline import storage
+def overlaid_dataset(ctx: GlobalContext, overlays: list[Any]) -> Any:
+    """The rows of the input files with `overlays` applied, read file by file (a frame of
+    the stage's engine)."""
+    from common import storage
     from pipeline.runner import _group_by_size
 
     files = input_files(ctx)
@@ -303,19 +365,31 @@ def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
     target = max(1 << 20, min(128 << 20, sum(sizes) // max(1, 4 * ctx.num_cpus) + 1))
     groups = _group_by_size(list(enumerate(files)), sizes, target)
     group_sizes = [sum(sizes[i] for i, _ in g) for g in groups]
+    read = functools.partial(_read_overlaid, schema=schema, batch_rows=ctx.batch_size, overlays=overlays)
+    return ctx.get_engine().from_file_groups(groups, group_sizes, read, schema)
+
+
+def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
+                   post: Callable[[pa.Table], pa.Table] | None = None) -> Any:
+    """The rows so far, read again file by file, with the decisions `write_decisions` wrote
+    applied by row position (`post`, if given, then runs on every batch). Also sets
+    `ctx.result_overlays`, the same rows as an overlay of the input files."""
+    from common import storage
+
     decision_files = storage.parquet_files(decisions_dir)
     if not decision_files:
         raise RuntimeError(f"marked_dataset: no decision files in {decisions_dir} (call it only when some "
                            "decision was written)")
-    read = functools.partial(_read_marked, schema=schema, batch_rows=ctx.batch_size,
-                             decisions_dir=str(decisions_dir), decision_schema=storage.parquet_file(decision_files[0]).schema_arrow,
-                             label=label, analyze=ctx.analyze, post=post)
-    return ctx.get_engine().from_file_groups(groups, group_sizes, read, schema)
+    decisions = FileDecisions(str(decisions_dir), storage.parquet_file(decision_files[0]).schema_arrow,
+                              label, ctx.analyze, post)
+    ctx.result_overlays = [*ctx.overlays, decisions]
+    return overlaid_dataset(ctx, ctx.result_overlays)
 
 
 def keyed_dataset(ctx: GlobalContext) -> ray.data.Dataset:
-    """The rows so far with their `ROW_KEY`, for the distributed forms (joins by row key)."""
-    from pipeline import storage
+    """The rows so far with their `ROW_KEY`, for the distributed forms (joins by row key);
+    rows an earlier operator rejected pass through unmarked by the join."""
+    from common import storage
     from pipeline.runner import _file_groups_dataset, _group_by_size
 
     files = input_files(ctx)
@@ -326,7 +400,7 @@ def keyed_dataset(ctx: GlobalContext) -> ray.data.Dataset:
 
     def read(group: list[tuple[int, str]]):
         for file_number, path in group:
-            for table, position in _keyed_batches(file_number, path, schema, ctx.batch_size):
+            for table, position in _keyed_batches(file_number, path, schema, ctx.batch_size, ctx.overlays):
                 yield table.append_column(ROW_KEY, pa.array(row_keys(file_number, position, table.num_rows)))
 
     return _file_groups_dataset(groups, [sum(sizes[i] for i, _ in g) for g in groups], read,

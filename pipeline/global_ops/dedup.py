@@ -40,11 +40,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common import storage
+from common.errors import KilnError
 from operators import dedup as kernels
 from operators.base import GlobalOperator
 from pipeline import stats as stats_lib
-from pipeline import storage
-from pipeline.errors import KilnError
 from pipeline.global_ops import (
     ROW_KEY,
     GlobalContext,
@@ -359,13 +359,13 @@ def _run_grouped(op: GlobalOperator, ds: Any, ctx: GlobalContext, keys_fn: Any, 
     return _finish(op, ds, decisions, summary, ctx)
 
 
-@global_executor("exact_dedup")
+@global_executor("exact_dedup", reads_files=True)
 def run_exact_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
     return _run_grouped(op, ds, ctx, functools.partial(_exact_keys, params=op.params), kernels.REASON_EXACT,
                         "same normalized text")
 
 
-@global_executor("url_dedup")
+@global_executor("url_dedup", reads_files=True)
 def run_url_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
     return _run_grouped(op, ds, ctx, functools.partial(_url_keys, params=op.params), kernels.REASON_URL,
                         "same URL")
@@ -850,7 +850,7 @@ def _gathered_bytes(signature_bytes: int, nodes: int, bands: int) -> int:
 # --------------------------------------------------------------------------- MinHash: executor
 
 
-@global_executor("minhash_dedup")
+@global_executor("minhash_dedup", reads_files=True)
 def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
     params: kernels.MinHashParams = op.params  # type: ignore[assignment]
     _check_survivor_column(op, ds, ctx)

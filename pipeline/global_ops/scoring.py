@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.errors import KilnError
 from operators.base import set_column
 from operators.bucketing import (
     HEAD,
@@ -45,7 +46,6 @@ from operators.bucketing import (
     select_labels,
     tie_keys,
 )
-from pipeline.errors import KilnError
 from pipeline.global_ops import (
     DECISION_DETAIL,
     DECISION_REASON,
@@ -151,7 +151,7 @@ def _gather_projection(op_label: str, project, schema: pa.Schema, ctx: GlobalCon
 
 
 def _read_projection(files: list[str], schema: pa.Schema) -> pa.Table:
-    from pipeline import storage
+    from common import storage
 
     tables = [storage.parquet_file(f).read().cast(schema) for f in files]
     return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from common import storage
+from common.errors import ConfigError, KilnError, StageError
 from operators.base import set_column
 from operators.tokenize import (
     TOKENS_STAT,
@@ -40,8 +42,6 @@ from operators.tokenize import (
     special_ids,
     write_token_file,
 )
-from pipeline import storage
-from pipeline.errors import ConfigError, KilnError, StageError
 from pipeline.global_ops import (
     DECISION_DETAIL,
     DECISION_REASON,

@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from pipeline.decoding import AUTO, Decoder
+from common.decoding import AUTO, Decoder
 
 if TYPE_CHECKING:
-    from pipeline.config import InputSpec
-    from pipeline.readers import InputFile
+    from common.inputs import InputSpec
+    from common.readers import InputFile
 
 FORMATS = ("warc", "html")
 SUFFIXES = (".warc", ".wet", ".wat", ".arc", ".lz4")
@@ -69,13 +69,13 @@ def _decoder(spec: InputSpec) -> Decoder:
 
 
 def _html_file_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
-    from pipeline.readers import _open, _text_record
+    from common.readers import _open, _text_record
 
     with _open(file) as stream:
         try:
             raw = stream.read()
         except (EOFError, OSError, ValueError, zlib.error) as e:
-            from pipeline.readers import _reject
+            from common.readers import _reject
 
             yield _reject(file, file.relative, "corrupt_file", f": cannot read: {e}", "")
             return
@@ -225,7 +225,7 @@ def _arc_records(stream: Any) -> Iterator[_LfRecord]:
 
 def _sniff(file: InputFile) -> str:
     """`arc`, `lf_warc` (a WARC file whose lines end in LF alone) or `warc`."""
-    from pipeline.readers import _open
+    from common.readers import _open
 
     try:
         with _open(file) as stream:
@@ -245,7 +245,7 @@ def _sniff(file: InputFile) -> str:
 def _warc_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
     from fastwarc.warc import ArchiveIterator
 
-    from pipeline.readers import _open, _reject
+    from common.readers import _open, _reject
 
     decoder = _decoder(spec)
     count = 0
@@ -275,7 +275,7 @@ def _warc_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
 
 
 def _record_row(file: InputFile, spec: InputSpec, decoder: Decoder, record: Any, number: int) -> dict[str, Any]:
-    from pipeline.readers import _reject
+    from common.readers import _reject
 
     headers = record.headers
     kind = (headers.get("WARC-Type") or "unknown").strip().lower()

@@ -1,8 +1,8 @@
 """Readers: jsonl, jsonl.gz/.zst/.bz2/.xz, parquet and plain text into document batches;
-WARC/WET and HTML files through `pipeline.readers_web`.
+WARC/WET and HTML files through `common.readers_web`.
 
 Bytes become text in the input's `encoding` (UTF-8 by default, any Python codec, or `auto`;
-see `pipeline.decoding`).
+see `common.decoding`).
 
 Every physical record becomes a row. Records that cannot be used (malformed JSON, invalid
 UTF-8, a missing, non-string or empty text field, a document over `max_doc_bytes`, a
@@ -37,11 +37,11 @@ from typing import Any, BinaryIO
 import orjson
 import pyarrow as pa
 
-from operators.base import REJECT_DETAIL, REJECT_OP, REJECT_REASON
-from pipeline import readers_web, storage
-from pipeline.config import InputSpec
-from pipeline.decoding import Decoder
-from pipeline.errors import InputError
+from common import readers_web, storage
+from common.columns import REJECT_DETAIL, REJECT_OP, REJECT_REASON
+from common.decoding import Decoder
+from common.errors import InputError
+from common.inputs import InputSpec
 
 READ_OP = "read"
 DOC_SCHEMA = pa.schema(
@@ -420,7 +420,7 @@ def _parquet_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
 def read_inputs(specs: list[InputSpec], batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
     """Every input, in process: for tests and `kiln verify`. Repeated ids are renamed as the
     runner's read does (pipeline/ids.py)."""
-    from pipeline.ids import IdClaims, make_unique
+    from common.ids import IdClaims, make_unique
 
     claims = IdClaims()
     for file in expand_inputs(specs):

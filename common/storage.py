@@ -50,7 +50,7 @@ def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-        from pipeline.errors import KilnError
+        from common.errors import KilnError
 
         raise KilnError(f"{uri}: not a filesystem URI pyarrow can open ({e})") from None
 
