@@ -71,8 +71,9 @@ class Engine(Protocol):
 
     # --- exchanges for global operators
     def map_files(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
-        """`fn(*item)` for every item, in parallel, one task per item; the (small) results in
-        the items' order. `fn` and the items must be picklable."""
+        """`fn(*item)` for every item, in parallel (a task per item, or a run of items per task
+        where tasks are costly); the (small) results in the items' order. `fn` and the items
+        must be picklable."""
 
     def run_one(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` in one task (its memory is a worker's, not the driver's)."""
