@@ -19,7 +19,7 @@ import logging
 import re
 import string
 from collections import Counter
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
 from typing import Literal
 
 import numpy as np
@@ -77,12 +77,52 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def script_stats(texts: pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
+@cache
+def _bmp_members(pattern: str) -> np.ndarray:
+    """For every code point of the Basic Multilingual Plane, whether the single-character
+    RE2 class `pattern` matches it (surrogates: no), decided by RE2 itself."""
+    points = np.arange(0x10000)
+    chars = pa.array([chr(c) if not 0xD800 <= c <= 0xDFFF else "a" for c in points.tolist()], pa.string())
+    members = pc.match_substring_regex(chars, pattern).to_numpy(zero_copy_only=False).copy()
+    members[0xD800:0xE000] = False
+    return members
+
+
+class CodePoints:
+    """The code points of a batch of texts, decoded once, for counting characters of
+    single-character RE2 classes per text. Equal to `count_regex` on such a class (RE2's own
+    tables decide membership), but RE2 pays per match, which on Latin, letter or space
+    classes is most of the characters: there, this is 5-30x faster."""
+
+    def __init__(self, texts: list[str | None] | pa.Array | pa.ChunkedArray) -> None:
+        strings = [t or "" for t in (texts if isinstance(texts, list) else texts.to_pylist())]
+        self.lengths = np.fromiter(map(len, strings), np.int64, len(strings))
+        self.points = np.frombuffer("".join(strings).encode("utf-32-le", "surrogatepass"), np.uint32)
+        self.ends = np.cumsum(self.lengths)
+        self.starts = self.ends - self.lengths
+
+    def count(self, pattern: str) -> np.ndarray:
+        """Characters of each text that the single-character class `pattern` matches."""
+        points = self.points
+        basic = points < 0x10000
+        hits = np.zeros(len(points), dtype=bool)
+        hits[basic] = _bmp_members(pattern)[points[basic]]
+        if not basic.all():
+            astral = points[~basic]
+            distinct = np.unique(astral)
+            matched = pc.match_substring_regex(pa.array([chr(c) for c in distinct.tolist()], pa.string()),
+                                               pattern).to_numpy(zero_copy_only=False)
+            hits[~basic] = matched[np.searchsorted(distinct, astral)]
+        running = np.concatenate([[0], np.cumsum(hits, dtype=np.int64)])
+        return running[self.ends] - running[self.starts]
+
+
+def script_stats(texts: pa.Array | pa.ChunkedArray | CodePoints) -> dict[str, np.ndarray]:
     """Han, Latin and non-space character counts per text."""
-    chars = char_lengths(texts)
-    nonspace = chars - count_regex(texts, SPACE_RE2)
-    return {"chars": chars, "nonspace": nonspace, "han": count_regex(texts, HAN_RE2),
-            "latin": count_regex(texts, LATIN_RE2)}
+    points = texts if isinstance(texts, CodePoints) else CodePoints(texts)
+    chars = points.lengths
+    nonspace = chars - points.count(SPACE_RE2)
+    return {"chars": chars, "nonspace": nonspace, "han": points.count(HAN_RE2), "latin": points.count(LATIN_RE2)}
 
 
 def document_langs(batch: pa.Table) -> list[str]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from common.errors import KilnError
-from operators._text import count_regex, ratio, script_stats
+from operators._text import CodePoints, ratio, script_stats
 from operators.base import Filter, Outcome, Params, Resources, set_column, text_column
 from operators.registry import register
 from operators.rules import Rule
@@ -135,15 +135,15 @@ class LanguageId(Filter):
         self.ensure_setup()
         texts = text_column(batch)
         langs, scores = self.predict(texts)
-        column = batch.column("text")
-        scripts = script_stats(column)
-        letters = count_regex(column, LETTER_RE2)
+        points = CodePoints(texts)
+        scripts = script_stats(points)
+        letters = points.count(LETTER_RE2)
         if self.params.zh_min_han_letters is not None:
             # Script decides where it is unambiguous: mostly Han and no Japanese or Korean
             # syllables. The score is then the Han share of letters, or the model's
             # probability if it also said zh and was surer.
             han_share = ratio(scripts["han"], letters)
-            no_kana = count_regex(column, KANA_HANGUL_RE2) == 0
+            no_kana = points.count(KANA_HANGUL_RE2) == 0
             for i in np.flatnonzero(no_kana & (han_share >= self.params.zh_min_han_letters) & (letters > 0)):
                 model_score = scores[i] if langs[i] == "zh" else 0.0
                 langs[i], scores[i] = "zh", max(model_score, float(han_share[i]))
@@ -171,7 +171,7 @@ class LanguageId(Filter):
         n = len(texts)
         line_langs, _ = self.predict(lines)
         weights = np.fromiter(map(len, lines), np.float64, len(lines))
-        letters = np.fromiter((sum(1 for ch in line if ch.isalpha()) for line in lines), np.int64, len(lines))
+        letters = CodePoints(lines).count(LETTER_RE2)
         weights[letters < self.params.min_line_letters] = 0.0
         owner = np.array(owners, dtype=np.int64)
         totals = np.bincount(owner, weights=weights, minlength=n) if len(lines) else np.zeros(n)

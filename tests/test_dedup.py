@@ -409,3 +409,50 @@ def test_gathered_and_distributed_forms_agree_and_never_join_by_id(tmp_path, sha
     assert outcomes["gathered"] == outcomes["distributed"]
     by_id = {o[0]: o for o in outcomes["gathered"]}
     assert by_id["t:chainC"][3:5] == ("near_duplicate", "t:bbc0") and by_id["t:zh0copy"][4] == "t:zh0"
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("budget", ["2GB", 1])
+def test_a_dedup_stage_writes_once_and_decides_as_one_operator_per_stage(tmp_path, shared_data, run_config, budget):
+    # exact + URL + MinHash in one stage after a first stage (the gathered operators read the
+    # first stage's files with each other's decisions as overlays, nothing written in between)
+    # against the same three operators as three stages (each writing its output): the same
+    # kept rows and the same decisions; and the one-stage run writes its files once.
+    docs, _ = _clough(shared_data)
+    bbc, zh = _bbc(shared_data, 12), _clue(shared_data, 8)
+    docs += [{"id": f"bbc{i}", "text": t, "url": f"https://www.bbc.co.uk/news/{i}"} for i, t in enumerate(bbc)]
+    docs += [{"id": "exact1", "text": bbc[1].upper()}, {"id": "url1", "text": zh[6], "url": "http://bbc.co.uk/news/3"},
+             {"id": "exact2", "text": zh[2]}, {"id": "zh0copy", "text": zh[0][:80] + "据报道" + zh[0][80:]}]
+    docs += [{"id": f"zh{i}", "text": t} for i, t in enumerate(zh[:5])]
+    _write_jsonl(tmp_path / "docs.jsonl", docs)
+    dedup_ops = [{"exact_dedup": {}}, {"url_dedup": {}}, {"minhash_dedup": {}}]
+    base = {"inputs": [{"path": str(tmp_path / "docs.jsonl"), "source": "t", "id_field": "id"}],
+            "ray": {"global_memory": budget, "batch_size": 16}}
+    outcomes = {}
+    for layout, stages in (("one", [{"name": "dedup", "ops": dedup_ops}]),
+                           ("three", [{"name": name, "ops": [op]} for name, op in zip(("exact", "url", "near"), dedup_ops)])):
+        config = {**base, "stages": [{"name": "clean", "ops": [{"normalize": {}}]}, *stages]}
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)  # the layouts name their stages differently
+        stats, run_dir = run_config(config)
+        rows = []
+        for stage in sorted(run_dir.glob("0[2-4]-*")):
+            for part in ("data", "rejected") if stage == sorted(run_dir.glob("0[2-4]-*"))[-1] else ("rejected",):
+                rows += [(r["id"], r.get("reject_op"), r.get("reject_reason"), r.get("dup_of"), r.get("dup_cluster"))
+                         for f in sorted(stage.glob(f"{part}/*.parquet")) for r in pq.read_table(f).to_pylist()]
+        outcomes[layout] = sorted(rows, key=repr)
+        assert len(outcomes[layout]) == len(docs)
+        from pipeline.verify import verify_run
+
+        assert all(check.ok for check in verify_run(run_dir)), [c.problems for c in verify_run(run_dir)]
+        if layout == "one":
+            written = {f.name.split("-")[0] for part in ("data", "rejected")
+                       for f in (run_dir / "02-dedup" / part).glob("*.parquet")}
+            # Gathered: one write. Distributed: each operator's output is written for the next.
+            assert written == ({"s0"} if budget == "2GB" else {"s0", "s1", "s2"}), written
+            extra = stats["stages"][1]["extra"]
+            assert {extra[op]["execution"] for op in extra} == {"gathered" if budget == "2GB" else "distributed"}
+    assert outcomes["one"] == outcomes["three"]
+    decided = {o[0]: o[1:3] for o in outcomes["one"]}
+    assert decided["t:exact1"] == decided["t:zh2"] == ("exact_dedup", "duplicate")  # t:exact2 < t:zh2 survives
+    assert decided["t:url1"] == ("url_dedup", "duplicate_url")
+    assert decided["t:zh0copy"] == ("minhash_dedup", "near_duplicate")
