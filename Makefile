@@ -89,9 +89,9 @@ spark-demo: setup $(DEMO_DATA)/truth.jsonl lm-models tokenizer  ## the demo conf
 	$(KILN) run $(DEMO_CONFIG) --engine spark --output $(SPARK_RUN)
 	$(KILN) verify $(SPARK_RUN)
 
-bench-engines: setup $(DEMO_DATA)/truth.jsonl lm-models tokenizer  ## the demo pipeline per stage on Ray and on Spark, same CPUs, interleaved rounds (ENGINES_CONFIG, ENGINES_ROUNDS)
+bench-engines: setup $(DEMO_DATA)/truth.jsonl lm-models tokenizer  ## the demo pipeline per stage on Ray and on Spark, same CPUs, interleaved rounds (ENGINES_CONFIG, ENGINES_ROUNDS, ENGINES_MB: a generated corpus)
 	$(PY) benchmarks/bench_engines.py --config $(or $(ENGINES_CONFIG),$(DEMO_CONFIG)) --rounds $(or $(ENGINES_ROUNDS),2) \
-		--json runs/bench-engines/bench-engines.json
+		$(if $(ENGINES_MB),--corpus-mb $(ENGINES_MB)) --json runs/bench-engines/bench-engines.json
 
 # ---------------------------------------------------------------------------- reports
 # `kiln report` writes RUN/report/index.html (one self-contained page) and report.json.

@@ -9,8 +9,13 @@ wall seconds (engine start and stop included), and the CPU seconds of the whole 
 
 It also checks that both engines kept and rejected the same documents in every stage.
 
+With --corpus-mb N the config's stages run on a generated zh+en corpus of about N MB instead
+of its inputs (benchmarks/pipeline_corpus.py, the whole-pipeline benchmark's generator, files
+of --file-mb MB; made once under --work), so fixed costs can be told from per-document ones.
+
 Usage: python benchmarks/bench_engines.py [--config configs/pipeline/demo.yaml] [--rounds 2]
-       [--cpus 2] [--work runs/bench-engines] [--json runs/bench-engines/bench-engines.json]
+       [--cpus 2] [--corpus-mb 24 --file-mb 3] [--work runs/bench-engines]
+       [--json runs/bench-engines/bench-engines.json]
 """
 
 from __future__ import annotations
@@ -87,6 +92,23 @@ def outcomes(run_dir: Path) -> dict:
     return out
 
 
+def corpus_config(config: Path, work: Path, total_mb: float, file_mb: float) -> Path:
+    """`config`'s stages on a generated corpus of about `total_mb` MB (made once)."""
+    import yaml
+    from pipeline_corpus import SOURCES, generate  # benchmarks/, this script's folder
+
+    corpus = work / f"corpus-{total_mb:g}mb"
+    if not (corpus / "corpus.json").is_file():
+        summary = generate(corpus, total_mb, file_mb)
+        (corpus / "corpus.json").write_text(json.dumps(summary, indent=1) + "\n")
+    data = yaml.safe_load(config.read_text())
+    data["inputs"] = [{"path": str(corpus / source / "*.jsonl"), "source": source, "id_field": "id",
+                       **({"url_field": "url"} if source == "web" else {})} for source in SOURCES]
+    path = work / f"{config.stem}-{total_mb:g}mb.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/pipeline/demo.yaml")
@@ -94,8 +116,13 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--work", default="runs/bench-engines")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--corpus-mb", type=float, default=None, help="run on a generated corpus of this size")
+    ap.add_argument("--file-mb", type=float, default=3.0, help="file size of the generated corpus")
     args = ap.parse_args()
     config, work = (REPO / args.config).resolve(), (REPO / args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if args.corpus_mb:
+        config = corpus_config(config, work, args.corpus_mb, args.file_mb)
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {e: [] for e in ENGINES}
     for r in range(args.rounds):
