@@ -82,6 +82,17 @@ demo: setup $(DEMO_DATA)/truth.jsonl lm-models tokenizer  ## the whole demo on t
 $(DEMO_STAGES): setup $(DEMO_DATA)/truth.jsonl  ## run the demo up to this stage (REDO=1 to run it again)
 	$(KILN) run $(DEMO_CONFIG) --until $@ $(if $(REDO),--redo)
 
+# --- the Spark engine: the same config with `kiln run --engine spark` (pyspark from setup; Java 17+)
+SPARK_RUN ?= runs/spark-demo
+.PHONY: spark-demo bench-engines
+spark-demo: setup $(DEMO_DATA)/truth.jsonl lm-models tokenizer  ## the demo config on a local Spark (--engine spark) into runs/spark-demo, then verify
+	$(KILN) run $(DEMO_CONFIG) --engine spark --output $(SPARK_RUN)
+	$(KILN) verify $(SPARK_RUN)
+
+bench-engines: setup $(DEMO_DATA)/truth.jsonl lm-models tokenizer  ## the demo pipeline per stage on Ray and on Spark, same CPUs, interleaved rounds (ENGINES_CONFIG, ENGINES_ROUNDS, ENGINES_MB: a generated corpus)
+	$(PY) benchmarks/bench_engines.py --config $(or $(ENGINES_CONFIG),$(DEMO_CONFIG)) --rounds $(or $(ENGINES_ROUNDS),2) \
+		$(if $(ENGINES_MB),--corpus-mb $(ENGINES_MB)) --json runs/bench-engines/bench-engines.json
+
 # ---------------------------------------------------------------------------- reports
 # `kiln report` writes RUN/report/index.html (one self-contained page) and report.json.
 # The page is checked in a real headless Chromium by tests/test_report_browser.py; `browser`

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -41,6 +41,7 @@ from operators.base import Operator
 class RunOptions(Strict):
     name: str = "run"
     output: str = Field("", description="run folder; default runs/<name>")
+    engine: Literal["ray", "spark"] = Field("ray", description="what runs the stages (`kiln run --engine` wins)")
 
     @field_validator("name")
     @classmethod

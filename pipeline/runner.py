@@ -1,4 +1,9 @@
-"""The Ray Data runner: stages of operators, written atomically, every document accounted for.
+"""The runner: stages of operators, written atomically, every document accounted for.
+
+`Runner` owns what does not depend on the engine (plan, lock, temporary stage folders, the
+count check, stats.json, `_SUCCESS`, resume) and hands the work to the run's engine
+(pipeline/engine.py): `RayEngine`, below, or the Spark engine (pipeline/spark_engine.py).
+What follows describes the Ray engine.
 
 One stage is one streaming Ray Data pass: read (the inputs for stage 1, the previous stage's
 `data/` otherwise), the operators in order, and a writer that sends kept rows to `data/` and
@@ -283,13 +288,14 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claim
     """Read a group of input files batch by batch, ids made unique (pipeline/ids.py). With an
     IdClaims actor (`claims`, when several tasks read), each batch's claim is sent before the
     next batch is read and collected after, so the actor's round trip overlaps the reading;
-    with None (one read task holds every input) the claims are kept in this task."""
-    import ray
-
+    with None (one read task holds every input, or the Spark engine's source-closed groups)
+    the claims are kept in this task."""
     local = IdClaims() if claims is None else None
     pending: tuple[pa.Table, Any, float] | None = None
 
     def finish(table: pa.Table, reply: Any, seconds: float) -> pa.Table:
+        import ray
+
         started = time.perf_counter()
         table = make_unique(table, lambda _: ray.get(reply))
         per_row = (seconds + time.perf_counter() - started) / max(1, table.num_rows)
@@ -397,6 +403,33 @@ def _stage_start(batch: pa.Table) -> pa.Table:
     return batch
 
 
+def write_split_part(tables: Iterable[pa.Table], name: str, data_dir: Path, rejected_dir: Path,
+                     count_would_reject: bool, on_block: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """One write task of a stage, for every engine: count each table (`stats.count_block`),
+    split it into kept and rejected rows, and write one parquet file of each named `name`
+    (by the task, so a retried task overwrites its own files); return the task's counts."""
+    counts: dict[str, Any] = {}
+    kept_parts, rejected_parts = [], []
+    for table in tables:
+        block_counts = stats_lib.count_block(table)
+        if not count_would_reject:
+            block_counts.pop("would_reject", None)
+        counts = stats_lib.merge(counts, block_counts)
+        if on_block is not None:
+            on_block(table.num_rows, block_counts.get("bytes_in", 0))
+        kept, rejected = split_rejected(table)
+        if kept.num_rows:
+            kept_parts.append(kept)
+        if rejected.num_rows:
+            rejected_parts.append(rejected)
+    if kept_parts:
+        storage.write_parquet_atomic(pa.concat_tables(kept_parts, promote_options="permissive"), data_dir / name)
+    if rejected_parts:
+        storage.write_parquet_atomic(pa.concat_tables(rejected_parts, promote_options="permissive"),
+                                     rejected_dir / name)
+    return counts
+
+
 def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool, progress: Any = None):
     from ray.data import Datasink
 
@@ -410,28 +443,13 @@ def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reje
             self.counts: dict[str, Any] = {}
 
         def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
-            counts: dict[str, Any] = {}
-            kept_parts, rejected_parts = [], []
-            for block in blocks:
-                table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-                block_counts = stats_lib.count_block(table)
-                if not count_would_reject:
-                    block_counts.pop("would_reject", None)
-                counts = stats_lib.merge(counts, block_counts)
-                if progress is not None:
-                    progress.add.remote(table.num_rows, block_counts.get("bytes_in", 0))
-                kept, rejected = split_rejected(table)
-                if kept.num_rows:
-                    kept_parts.append(kept)
-                if rejected.num_rows:
-                    rejected_parts.append(rejected)
-            name = f"{prefix}-{ctx.task_idx:05d}.parquet"
-            if kept_parts:
-                storage.write_parquet_atomic(pa.concat_tables(kept_parts, promote_options="permissive"), data_dir / name)
-            if rejected_parts:
-                storage.write_parquet_atomic(pa.concat_tables(rejected_parts, promote_options="permissive"),
-                                             rejected_dir / name)
-            return counts
+            tables = (block if isinstance(block, pa.Table) else pa.Table.from_pandas(block) for block in blocks)
+            on_block = None
+            if progress is not None:
+                def on_block(rows: int, text_bytes: int) -> None:
+                    progress.add.remote(rows, text_bytes)
+            return write_split_part(tables, f"{prefix}-{ctx.task_idx:05d}.parquet", data_dir, rejected_dir,
+                                    count_would_reject, on_block)
 
         def on_write_complete(self, write_result: Any) -> None:
             self.counts = stats_lib.merge(*write_result.write_returns) if write_result.write_returns else {}
@@ -641,6 +659,8 @@ class RunRequest:
     num_cpus: int | None = None
     progress: bool = True
     progress_interval: float = 30.0  # seconds between progress lines when output is not a terminal
+    engine: str | None = None  # ray or spark; None: the config's run.engine
+    master: str | None = None  # Spark's master URL; None: local[N] (or spark-submit's)
 
 
 def output_dir(config: PipelineConfig, analyze: bool) -> Path | storage.Location:
@@ -762,6 +782,126 @@ def check_free_space(run_dir: Path | storage.Location, files: list[InputFile], s
                           "space or point run.output elsewhere")
 
 
+# --------------------------------------------------------------------------- the Ray engine
+
+
+def _parts_sink(fn: Callable[[Iterator[pa.Table], int], Any]):
+    from ray.data import Datasink
+
+    class PartsSink(Datasink):
+        """`fn` over each write task's blocks; the results in task order."""
+
+        def __init__(self) -> None:
+            self.results: list[Any] = []
+
+        def write(self, blocks: Iterable[Any], ctx: Any) -> Any:
+            tables = (block if isinstance(block, pa.Table) else pa.Table.from_pandas(block) for block in blocks)
+            return fn(tables, ctx.task_idx)
+
+        def on_write_complete(self, write_result: Any) -> None:
+            self.results = list(write_result.write_returns or [])
+
+        def get_name(self) -> str:
+            return "KilnWriteParts"
+
+    return PartsSink()
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+class RayEngine:
+    """The Ray Data engine (the protocol is pipeline/engine.py): datasets read by read tasks
+    per group of files, per-batch operators as fused `map_batches` tasks (actor pools for GPU
+    operators), writes through Datasinks, plain Ray tasks for the global operators' exchanges."""
+
+    name = "ray"
+
+    def __init__(self, session: RaySession, batch_size: int) -> None:
+        self.session = session
+        self.batch_size = batch_size
+        self.num_cpus = session.num_cpus
+        self.claims: Any = None  # the IdClaims actor of the stage reading the inputs, if any
+
+    @classmethod
+    def start(cls, config: PipelineConfig, request: RunRequest) -> RayEngine:
+        if request.master:
+            raise KilnError("--master names a Spark cluster: add --engine spark (Ray joins a cluster with --address)")
+        # kiln prints its own progress lines (pipeline/progress.py), not Ray Data's bars.
+        return cls(connect_ray(config, request.address, request.num_cpus, progress=False), config.ray.batch_size)
+
+    def read_inputs(self, config: PipelineConfig) -> Any:
+        ds, self.claims = read_inputs_dataset(config, self.num_cpus)
+        return ds
+
+    def read_stage(self, folder: str | os.PathLike) -> Any:
+        return read_stage_dataset(folder, self.batch_size, self.num_cpus)
+
+    def from_file_groups(self, groups: list[list[Any]], sizes: list[int],
+                         read: Callable[[list[Any]], Iterable[pa.Table]], schema: pa.Schema) -> Any:
+        return _file_groups_dataset(groups, sizes, read, schema)
+
+    def map_operators(self, frame: Any, ops: list[tuple[Operator, Any]], batch_size: int, analyze: bool,
+                      start: bool) -> Any:
+        return _map_operators(frame, ops, batch_size, analyze, self.cpu_cap, start=start)
+
+    def map_batches(self, frame: Any, fn: Callable[[pa.Table], pa.Table], batch_size: int) -> Any:
+        return frame.map_batches(fn, batch_format="pyarrow", batch_size=batch_size)
+
+    def schema_names(self, frame: Any) -> list[str]:
+        schema = frame.schema()
+        return list(schema.names) if schema is not None else []
+
+    def write_stage(self, frame: Any, data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool,
+                    progress: Any) -> dict[str, Any]:
+        sink = _make_sink(data_dir, rejected_dir, prefix, count_would_reject=count_would_reject, progress=progress)
+        frame.write_datasink(sink)
+        return sink.counts
+
+    def write_parts(self, frame: Any, fn: Callable[[Iterator[pa.Table], int], Any]) -> list[Any]:
+        sink = _parts_sink(fn)
+        frame.write_datasink(sink)
+        return sink.results
+
+    def map_files(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+        import ray
+
+        if not items:
+            return []
+        # `fn` may be a functools.partial, which ray.remote does not take: a plain task calls
+        # it, and it is put in the object store once for all the tasks.
+        task = ray.remote(num_cpus=1, max_retries=3)(_call)
+        fn_ref = ray.put(fn)
+        return ray.get([task.remote(fn_ref, *item) for item in items])
+
+    def run_one(self, fn: Callable[..., Any], *args: Any) -> Any:
+        import ray
+
+        return ray.get(ray.remote(num_cpus=1, max_retries=1)(_call).remote(fn, *args))
+
+    def progress_counters(self) -> tuple[Callable[[], Any], Callable[[Any], tuple[int, int]]] | None:
+        return _ProgressCounters(), _read_progress
+
+    cpu_cap: float | None = None
+
+    def prepare_stage(self, ops: list[tuple[Operator, Any]]) -> None:
+        self.cpu_cap = actor_cpu_cap(ops, self.num_cpus)  # Ray runs every operator kiln has
+
+    def after_stage(self) -> None:
+        if self.claims is not None:
+            import ray
+
+            ray.kill(self.claims)
+            self.claims = None
+
+    def logs_hint(self) -> str:
+        return f"full trace in {_ray_logs_dir()}/ray-data/ray-data.log"
+
+    def close(self) -> None:
+        self.session.close()
+
+
 class Runner:
     def __init__(self, config: PipelineConfig, request: RunRequest, echo: Callable[[str], None] = print) -> None:
         self.config = config
@@ -769,9 +909,8 @@ class Runner:
         self.echo = echo
         self.run_dir = output_dir(config, request.analyze)
         self.dirs = stage_dirs(config, request.analyze)
-        self.progress = ProgressReporter(echo, request.progress_interval if request.progress else 0,
-                                         live=None if echo is print else False,
-                                         make_counter=_ProgressCounters(), read_counter=_read_progress)
+        self.engine: Any = None  # pipeline/engine.py: started once some stage is to run
+        self.progress = ProgressReporter(echo, 0)
 
     def run(self) -> dict[str, Any]:
         files = expand_inputs(self.config.inputs)  # missing inputs fail here, before Ray starts
@@ -796,14 +935,20 @@ class Runner:
             if not planned:
                 self._write_config()
                 return self.write_run_stats()
-            # kiln prints its own progress lines (pipeline/progress.py), not Ray Data's bars.
-            session = connect_ray(self.config, self.request.address, self.request.num_cpus, progress=False)
+            from pipeline.engine import open_engine
+
+            self.engine = open_engine(self.config, self.request)
+            counters = self.engine.progress_counters()
+            if counters is not None and self.request.progress:
+                self.progress = ProgressReporter(self.echo, self.request.progress_interval,
+                                                 live=None if self.echo is print else False,
+                                                 make_counter=counters[0], read_counter=counters[1])
             self._write_config()  # only once the cluster answered: a failed connect leaves no trace
             try:
                 for i, reason in planned:
-                    self._run_stage(i, reason, session.num_cpus)
+                    self._run_stage(i, reason, self.engine.num_cpus)
             finally:
-                session.close()
+                self.engine.close()
                 self.write_run_stats()
             return self.write_run_stats()
 
@@ -814,6 +959,9 @@ class Runner:
         stages = [storage.read_json(d / storage.STATS) for d in self.dirs if storage.is_finished(d)]
         run_stats = {"run": self.config.run.name, "run_dir": str(self.run_dir), "analyze": self.request.analyze,
                      "config": self.config.source_path, "updated": _now(), "stages": stages}
+        engines = sorted({st["engine"] for st in stages if st.get("engine")})
+        if engines:
+            run_stats["engine"] = "+".join(engines)  # which engine made the stages (both, if mixed)
         storage.write_json(self.run_dir / storage.STATS, run_stats)
         return run_stats
 
@@ -837,9 +985,10 @@ class Runner:
         except Exception as e:  # a failed Ray task, an operator bug: keep earlier stages, explain
             storage.remove_tree(tmp_dir)
             raise StageError(f"stage {final_dir.name} failed, nothing of it was kept (finished stages are): "
-                             f"{_root_cause(e)} (full trace in {_ray_logs_dir()}/ray-data/ray-data.log)") from e
+                             f"{_root_cause(e)} ({self.engine.logs_hint()})") from e
         seconds = time.time() - started
         st = self._stage_stats(index, stage, counts, extra, labels, seconds, started, upstream)
+        st["engine"] = self.engine.name
         if st["docs_in"] != st["docs_out"] + st["rejected_total"]:
             # An operator or a join lost or doubled rows: never publish such a stage.
             storage.remove_tree(tmp_dir)
@@ -858,15 +1007,16 @@ class Runner:
     def _execute(self, index: int, stage: StageSpec, tmp_dir: Path, num_cpus: int):
         from pipeline.global_ops import BatchOverlay, GlobalContext, get_executor, reads_files
 
+        engine = self.engine
         analyze = self.request.analyze
         batch_size = self.config.ray.batch_size
         ops = _label_operators(stage)
+        engine.prepare_stage(ops)
         labels = ([(READ_OP, READ_OP, "reader")] if index == 0 else []) + [(op.label, op.name, op.kind) for op, _ in ops]
-        claims = None
         if index == 0:
-            ds, claims = read_inputs_dataset(self.config, num_cpus)
+            ds = engine.read_inputs(self.config)
         else:
-            ds = read_stage_dataset(self.dirs[index - 1] / storage.DATA, batch_size, num_cpus)
+            ds = engine.read_stage(self.dirs[index - 1] / storage.DATA)
         rejected_dir = tmp_dir / storage.REJECTED
         sink_counts: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
@@ -881,13 +1031,12 @@ class Runner:
             label = self.dirs[index].name + ("" if segment == 0 else f" (part {segment + 1})")
             expected = sink_counts[-1].get("kept") if sink_counts else expected_first
             with self.progress.watch(label, expected) as counter:
-                sink = _make_sink(target, rejected_dir, f"s{segment}", count_would_reject=final, progress=counter)
-                dataset.write_datasink(sink)
-            sink_counts.append(sink.counts)
+                counts = engine.write_stage(dataset, target, rejected_dir, f"s{segment}", count_would_reject=final,
+                                            progress=counter)
+            sink_counts.append(counts)
             segment_dirs.append(target)
-            return None if final else read_stage_dataset(target, batch_size, num_cpus)
+            return None if final else engine.read_stage(target)
 
-        cpu_cap = actor_cpu_cap(ops, num_cpus)
         segment = 0
         finished = False
         start = True  # the stage start (_stage_start) runs with the first per-batch operators
@@ -905,15 +1054,15 @@ class Runner:
                 per_batch.append((op, spec))
                 continue
             if per_batch:
-                ds = _map_operators(ds, per_batch, batch_size, analyze, cpu_cap, start=start)
+                ds = engine.map_operators(ds, per_batch, batch_size, analyze, start=start)
                 per_batch, start, files_dir = [], False, None
             elif start and files_dir is not None:
                 # The stage starts with a global operator: it reads the previous stage's files
                 # with the stage start as an overlay, not a scratch copy of them.
-                ds = _map_operators(ds, [], batch_size, analyze, cpu_cap, start=True)
+                ds = engine.map_operators(ds, [], batch_size, analyze, start=True)
                 start, overlays = False, [BatchOverlay(_stage_start)]
             elif start:
-                ds = _map_operators(ds, [], batch_size, analyze, cpu_cap, start=True)
+                ds = engine.map_operators(ds, [], batch_size, analyze, start=True)
                 start, files_dir = False, None
             if files_dir is None or (overlays and not reads_files(op.name)):
                 # A global operator reads its input more than once: from disk, and operators
@@ -925,7 +1074,7 @@ class Runner:
                                 num_cpus=num_cpus, stage_name=stage.name, output_dir=tmp_dir,
                                 run_dir=self.run_dir, config_sha256=self.config.config_hash(),
                                 input_dir=files_dir, memory_budget=self.config.ray.global_memory,
-                                overlays=list(overlays))
+                                overlays=list(overlays), engine=engine)
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             result = get_executor(op.name)(op, ds, ctx)
@@ -944,17 +1093,14 @@ class Runner:
             extra[op.label] = ctx.extra
             op_seconds[op.label] = ctx.extra["wall_seconds"]
         if per_batch or start:
-            ds = _map_operators(ds, per_batch, batch_size, analyze, cpu_cap, start=start)
+            ds = engine.map_operators(ds, per_batch, batch_size, analyze, start=start)
         if not finished:
             write(ds, segment, final=True)
         sink_counts[-1].setdefault("seconds", {}).update(op_seconds)
         (tmp_dir / storage.DATA).mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         storage.remove_tree(tmp_dir / "_work")
-        if claims is not None:
-            import ray
-
-            ray.kill(claims)
+        engine.after_stage()
         return sink_counts, extra, labels
 
     def _stage_stats(self, index: int, stage: StageSpec, sink_counts: list[dict[str, Any]], extra: dict[str, Any],
@@ -1005,7 +1151,9 @@ def summarise_stage(st: dict[str, Any]) -> str:
 
 
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Bug|Interrupt|Exit)): (.+)$", re.MULTILINE)
-_RAY_WRAPPERS = ("UserCodeException", "RayTaskError", "RayError", "RayActorError")
+_RAY_WRAPPERS = ("UserCodeException", "RayTaskError", "RayError", "RayActorError",
+                 # Spark's: a Python worker's exception arrives inside the JVM's
+                 "SparkException", "Py4JJavaError", "PythonException", "TaskSetManager")
 
 
 def _root_cause(error: BaseException) -> str:

@@ -60,7 +60,16 @@ def kiln_command(positional: list[str]) -> list[str]:
     if not command:
         raise KilnError("nothing to submit: give a pipeline config, or a kiln command after --")
     if len(command) == 1 and command[0].endswith((".yaml", ".yml")):
-        return ["run", command[0]]
+        command = ["run", command[0]]
+    if command[0] == "run":
+        # A Ray job runs on Ray, whatever the config's run.engine says (Spark: spark-submit).
+        engines = [a.split("=", 1)[1] for a in command if a.startswith("--engine=")]
+        engines += [command[i + 1] for i, a in enumerate(command[:-1]) if a == "--engine"]
+        if any(e != "ray" for e in engines):
+            raise KilnError("kiln submit runs kiln as a Ray job: --engine spark does not apply there; run on "
+                            "Spark with spark-submit or kiln run --engine spark --master URL")
+        if not engines:
+            command += ["--engine", "ray"]
     return command
 
 

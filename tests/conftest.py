@@ -39,16 +39,62 @@ def ray_local():
     ray.shutdown()
 
 
+def spark_unavailable() -> str | None:
+    """Why the Spark engine cannot run here (no pyspark, no Java 17+), or None."""
+    try:
+        import pyspark  # noqa: F401
+
+        from common.errors import KilnError
+        from pipeline.spark_engine import check_java
+    except ImportError:
+        return "pyspark is not installed (make setup installs it)"
+    try:
+        check_java()
+    except KilnError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(scope="session")
+def spark_local():
+    """A small local Spark (2 cores) shared by the session's tests: kiln runs with
+    `engine="spark"` join it (SparkEngine.start finds the active session) instead of starting
+    a JVM each. Its Python workers import this checkout and test-local operators."""
+    reason = spark_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from pipeline.config import parse_config
+    from pipeline.runner import RunRequest
+    from pipeline.spark_engine import SparkEngine
+
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys(paths) if p)
+    config = parse_config({"run": {"name": "tests"}, "ray": {"num_cpus": 2}, "inputs": [{"path": str(REPO / "README.md")}],
+                           "stages": [{"name": "s", "ops": [{"normalize": {}}]}]})
+    engine = SparkEngine.start(config, RunRequest())
+    yield engine.spark
+    engine.spark.stop()
+
+
+@pytest.fixture(params=["ray", pytest.param("spark", marks=pytest.mark.spark)])
+def engine(request) -> str:
+    """Runner-level tests that take this fixture run on both engines (pass it to run_config)."""
+    return request.param
+
+
 @pytest.fixture
-def run_config(tmp_path, ray_local):
-    """Run a pipeline config given as a dict in a fresh run folder; returns (stats, run_dir)."""
+def run_config(tmp_path, ray_local, request):
+    """Run a pipeline config given as a dict in a fresh run folder; returns (stats, run_dir).
+    `engine="spark"` runs it on the session's local Spark."""
     from pipeline.config import parse_config
     from pipeline.runner import RunRequest, run_pipeline
 
-    def run(data: dict, **request):
+    def run(data: dict, **options):
+        if options.get("engine") == "spark":
+            request.getfixturevalue("spark_local")
         data = {**data, "run": {**data.get("run", {}), "output": str(tmp_path / "run")}}
         config = parse_config(data)
-        stats = run_pipeline(config, RunRequest(progress=False, **request), echo=lambda _: None)
+        stats = run_pipeline(config, RunRequest(progress=False, **options), echo=lambda _: None)
         return stats, tmp_path / "run"
 
     return run

@@ -174,12 +174,13 @@ def two_languages(tmp_path):
 
 
 @pytest.mark.ray
-def test_select_cuts_per_language_and_buckets_survivors(run_config, two_languages):
+def test_select_cuts_per_language_and_buckets_survivors(run_config, two_languages, engine):
     stats, run_dir = run_config({
         "inputs": two_languages,
         "stages": [{"name": "select", "ops": [{"length_filter": {}},
                                               {"perplexity_select": {"column": "stat.chars"}},
-                                              {"difficulty_bucket": {"column": "stat.chars", "num_buckets": 3}}]}]})
+                                              {"difficulty_bucket": {"column": "stat.chars", "num_buckets": 3}}]}]},
+        engine=engine)
     (select,) = stats["stages"]
     assert (select["docs_in"], select["docs_out"]) == (70, 42)  # 30 of 50 zh, 12 of 20 en
     assert select["rejected"] == {"perplexity_select/perplexity": 28}
@@ -214,12 +215,12 @@ def test_select_cuts_per_language_and_buckets_survivors(run_config, two_language
 
 
 @pytest.mark.ray
-def test_analyze_mode_marks_the_tail_and_keeps_everything(run_config, two_languages):
+def test_analyze_mode_marks_the_tail_and_keeps_everything(run_config, two_languages, engine):
     stats, run_dir = run_config({
         "inputs": two_languages,
         "stages": [{"name": "select", "ops": [{"length_filter": {}},
                                               {"perplexity_select": {"column": "stat.chars", "group_by": []}}]}]},
-        analyze=True)
+        analyze=True, engine=engine)
     (select,) = stats["stages"]
     assert select["docs_out"] == 70 and select["rejected_total"] == 0
     assert select["would_reject"] == {"perplexity_select/perplexity": 28}  # 0.4 of 70, one group
@@ -229,7 +230,7 @@ def test_analyze_mode_marks_the_tail_and_keeps_everything(run_config, two_langua
 
 
 @pytest.mark.ray
-def test_colossal_and_normalized_buckets(run_config, tmp_path):
+def test_colossal_and_normalized_buckets(run_config, tmp_path, engine):
     """Three sources of different sizes and difficulty scales: in Colossal mode every
     bucket holds each source in proportion (within one document); with normalize_by source
     each source is split by its own quantiles."""
@@ -245,7 +246,7 @@ def test_colossal_and_normalized_buckets(run_config, tmp_path):
             {"length_filter": {}},
             {"difficulty_bucket": {"column": "stat.chars", "mode": "colossal", "num_buckets": 4}},
             {"difficulty_bucket": {"column": "stat.chars", "normalize_by": ["source"], "num_buckets": 2,
-                                   "bucket_column": "half", "names": ["short", "long"]}}]}]})
+                                   "bucket_column": "half", "names": ["short", "long"]}}]}]}, engine=engine)
     (stage,) = stats["stages"]
     buckets = stage["extra"]["difficulty_bucket"]["buckets"]
     sizes = {"books": 7, "news": 13, "web": 50}

@@ -156,7 +156,9 @@ def test_the_command_line_submits_run_config_or_any_kiln_command(tmp_path, monke
     from pipeline.cli import main
     from pipeline.submit import entrypoint, kiln_command, read_token, runtime_env
 
-    assert kiln_command(["configs/pipeline/clean.yaml"]) == ["run", "configs/pipeline/clean.yaml"]
+    assert kiln_command(["configs/pipeline/clean.yaml"]) == ["run", "configs/pipeline/clean.yaml", "--engine", "ray"]
+    with pytest.raises(KilnError, match="Ray job"):
+        kiln_command(["run", "configs/pipeline/clean.yaml", "--engine", "spark"])
     assert kiln_command(["train", "configs/train/tiny.yaml"]) == ["train", "configs/train/tiny.yaml"]
     upload = SubmitRequest(address="http://h:8265", kiln_args=["train", "configs/train/tiny.yaml"])
     assert entrypoint(upload) == "python -m pipeline.cli train configs/train/tiny.yaml"

@@ -315,7 +315,7 @@ def pack_config(corpus: Path, tok_dir: Path, **params):
 
 
 @pytest.mark.ray
-def test_run_writes_shards_a_trainer_can_read(tmp_path, tok_dir, docs, run_config, capsys):
+def test_run_writes_shards_a_trainer_can_read(tmp_path, tok_dir, docs, run_config, capsys, engine):
     import datasets
     from transformers import AutoTokenizer
 
@@ -324,7 +324,7 @@ def test_run_writes_shards_a_trainer_can_read(tmp_path, tok_dir, docs, run_confi
 
     write_corpus(tmp_path / "docs.jsonl", docs)
     config = pack_config(tmp_path / "docs.jsonl", tok_dir, seq_len=128, shard_tokens=3000, shuffle=False)
-    stats, run = run_config(config)
+    stats, run = run_config(config, engine=engine)
     stage = stats["stages"][0]
     assert stage["docs_in"] == len(docs) + 2 and stage["docs_out"] == len(docs)
     # The reader rejects the blank record; `no_tokens` is covered by the encoder's test.

@@ -471,7 +471,7 @@ CLEAN_STAGE = [
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_clean_stage_end_to_end(shared_data, run_config, tmp_path):
+def test_clean_stage_end_to_end(shared_data, run_config, tmp_path, engine):
     records = [{"id": f"bbc{i}", "text": t} for i, t in enumerate(bbc_articles(shared_data, 100))]
     records += [{"id": f"clue{i}", "text": t} for i, t in enumerate(clue_docs(shared_data, 100))]
     records += [{"id": f"weibo{i}", "text": t} for i, t in enumerate(weibo_posts(shared_data, 100))]
@@ -489,7 +489,7 @@ def test_clean_stage_end_to_end(shared_data, run_config, tmp_path):
     config = {"run": {"name": "clean-e2e"}, "ray": {"num_cpus": 2, "batch_size": 128},
               "inputs": [{"path": str(path), "source": "mix", "id_field": "id"}],
               "stages": [{"name": "clean", "ops": CLEAN_STAGE}]}
-    stats, run_dir = run_config(config)
+    stats, run_dir = run_config(config, engine=engine)
     stage = stats["stages"][0] if "stages" in stats else stats
     assert stage["docs_in"] == len(records)
     assert stage["docs_in"] == stage["docs_out"] + stage["rejected_total"]

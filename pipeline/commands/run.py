@@ -16,8 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--redo", action="store_true", help="run the selected stages even if finished")
     p.add_argument("--analyze", action="store_true",
                    help="compute every statistic and drop nothing (writes RUN/analyze/)")
+    p.add_argument("--engine", choices=("ray", "spark"),
+                   help="what runs the stages (default: the config's run.engine, else ray)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto, ray://host:10001)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: config, else all)")
+    p.add_argument("--master", help="Spark master URL for --engine spark (default local[N]; under spark-submit, "
+                                    "its master)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray or Spark (default: config, else all)")
     p.add_argument("--output", help="run folder (default: the config's run.output, else runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
@@ -34,7 +38,7 @@ def handle(args: argparse.Namespace) -> int:
         config.run.output = args.output
     request = RunRequest(only_stage=args.stage, until=args.until, redo=args.redo, analyze=args.analyze,
                          address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
-                         progress_interval=args.progress_interval)
+                         progress_interval=args.progress_interval, engine=args.engine, master=args.master)
     stats = run_pipeline(config, request)
     if stats["stages"]:
         first, last = stats["stages"][0], stats["stages"][-1]

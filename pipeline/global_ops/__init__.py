@@ -1,11 +1,13 @@
-"""Executors for global operators: the Ray Data side of operators that need the whole dataset.
+"""Executors for global operators: the engine side of operators that need the whole dataset.
 
 A global operator (`operators.base.GlobalOperator`) holds parameters and pure kernels; its
-executor, registered here under the same name, runs it over a Ray Data `Dataset` built from
-shuffles, groupbys and aggregations, never by collecting the corpus on the driver.
+executor, registered here under the same name, runs it over the stage's engine
+(`ctx.engine`, pipeline/engine.py): on Ray, a Ray Data `Dataset` built from shuffles,
+groupbys and aggregations; on either engine, the gathered form below. Never by collecting
+the corpus on the driver.
 
 An executor receives the stage's rows so far (already on disk, so it may read them more than
-once) and returns a Dataset with the same rows, the ones it drops marked with `reject_op`,
+once) as the engine's frame and returns a frame with the same rows, the ones it drops marked with `reject_op`,
 `reject_reason` and `reject_detail` (use `mark_rejected`). Statistics for the report go into
 `ctx.extra`. Every module in this package is imported on first lookup.
 
@@ -18,6 +20,8 @@ file number and row position, which cannot repeat even where document ids do);
 input file (`write_decisions`); `marked_dataset` reads the input files again and applies each
 file's decisions by row position. No shuffle, no join, and no fixed cost of an exchange.
 Above the budget, executors take their distributed form (shuffles, joins by row key).
+These steps go through the stage's engine (`ctx.engine`, pipeline/engine.py), so the gathered
+form runs on Ray and on Spark alike; the distributed form is Ray Data's only.
 
 Between gathered operators of a stage nothing is written: an operator's decisions become an
 *overlay* of the same input files (`FileDecisions`), applied wherever the next operator reads
@@ -83,6 +87,22 @@ class GlobalContext:
     # Set by `marked_dataset`: the overlays that give this operator's output from the same
     # files, so that the runner may hand them to the next operator without writing.
     result_overlays: list[Any] | None = None
+    # The engine running the stage (pipeline/engine.py): executors read, map, write and
+    # exchange through it, so one executor serves Ray and Spark. None: Ray (tests that build
+    # a context by hand).
+    engine: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Executors' per-batch closures capture the context and travel to the workers; the
+        # engine (a Spark or Ray session) stays on the driver, where alone it is used.
+        return {**self.__dict__, "engine": None}
+
+    def get_engine(self) -> Any:
+        if self.engine is None:
+            from pipeline.engine import ray_engine_in_process
+
+            self.engine = ray_engine_in_process(self.num_cpus, self.batch_size)
+        return self.engine
 
     @property
     def num_partitions(self) -> int:
@@ -270,27 +290,22 @@ def _map_file_task(file_number: int, path: str, schema: pa.Schema, batch_rows: i
 
 def map_input_files(ctx: GlobalContext, fn: Callable[[pa.Table], pa.Table], out_dir: Path,
                     out_schema: pa.Schema) -> dict[str, int]:
-    """`fn` over every batch of the rows so far (each with its `ROW_KEY`), in one Ray task
-    per input file, writing `out_dir/part-<file number>.parquet`; returns the rows and
-    in-memory bytes written. Plain tasks: what they return to the driver is two numbers."""
-    import ray
-
+    """`fn` over every batch of the rows so far (each with its `ROW_KEY`), in one task per
+    input file (the engine's `map_files`), writing `out_dir/part-<file number>.parquet`;
+    returns the rows and in-memory bytes written. What each task returns is two numbers."""
     from common import storage
 
     files = input_files(ctx)
     schema = storage.unified_schema(files) if files else None
-    task = ray.remote(num_cpus=1, max_retries=3)(_map_file_task)
-    refs = [task.remote(i, f, schema, ctx.batch_size, fn, out_schema, str(out_dir), ctx.overlays)
-            for i, f in enumerate(files)]
-    results = ray.get(refs)
+    task = functools.partial(_map_file_task, schema=schema, batch_rows=ctx.batch_size, fn=fn, out_schema=out_schema,
+                             out_dir=str(out_dir), overlays=ctx.overlays)
+    results = ctx.get_engine().map_files(task, list(enumerate(files)))
     return {"rows": sum(r["rows"] for r in results), "bytes": sum(r["bytes"] for r in results)}
 
 
-def run_in_one_task(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` in one Ray task (its memory is the task's, not the driver's)."""
-    import ray
-
-    return ray.get(ray.remote(num_cpus=1, max_retries=1)(fn).remote(*args))
+def run_in_one_task(ctx: GlobalContext, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in one task of the engine (its memory is the task's, not the driver's)."""
+    return ctx.get_engine().run_one(fn, *args)
 
 
 def write_decisions(decisions: pa.Table, out_dir: Path) -> int:
@@ -338,10 +353,11 @@ def _read_overlaid(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: 
             yield table
 
 
-def overlaid_dataset(ctx: GlobalContext, overlays: list[Any]) -> ray.data.Dataset:
-    """The rows of the input files with `overlays` applied, read file by file."""
+def overlaid_dataset(ctx: GlobalContext, overlays: list[Any]) -> Any:
+    """The rows of the input files with `overlays` applied, read file by file (a frame of
+    the stage's engine)."""
     from common import storage
-    from pipeline.runner import _file_groups_dataset, _group_by_size
+    from pipeline.runner import _group_by_size
 
     files = input_files(ctx)
     schema = storage.unified_schema(files)
@@ -350,11 +366,11 @@ def overlaid_dataset(ctx: GlobalContext, overlays: list[Any]) -> ray.data.Datase
     groups = _group_by_size(list(enumerate(files)), sizes, target)
     group_sizes = [sum(sizes[i] for i, _ in g) for g in groups]
     read = functools.partial(_read_overlaid, schema=schema, batch_rows=ctx.batch_size, overlays=overlays)
-    return _file_groups_dataset(groups, group_sizes, read, schema)
+    return ctx.get_engine().from_file_groups(groups, group_sizes, read, schema)
 
 
 def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
-                   post: Callable[[pa.Table], pa.Table] | None = None) -> ray.data.Dataset:
+                   post: Callable[[pa.Table], pa.Table] | None = None) -> Any:
     """The rows so far, read again file by file, with the decisions `write_decisions` wrote
     applied by row position (`post`, if given, then runs on every batch). Also sets
     `ctx.result_overlays`, the same rows as an overlay of the input files."""

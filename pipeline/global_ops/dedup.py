@@ -144,16 +144,22 @@ def _shuffle_blocks(ds: Any, key: list[str], partitions: int, fn: Any) -> Any:
                                                             zero_copy_batch=True)
 
 
-def _schema_names(ds: Any) -> list[str]:
-    schema = ds.schema()
-    return list(schema.names) if schema is not None else []
-
-
-def _check_survivor_column(op: GlobalOperator, ds: Any) -> None:
+def _check_survivor_column(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> None:
     params = op.params
-    if params.keep == "best" and params.best_column not in _schema_names(ds):
+    names = ctx.get_engine().schema_names(ds)
+    if params.keep == "best" and params.best_column not in names:
         raise KilnError(f"{op.label}: keep: best needs the column {params.best_column!r}, which the documents "
-                        f"do not have at this point (columns: {', '.join(_schema_names(ds))})")
+                        f"do not have at this point (columns: {', '.join(names)})")
+
+
+def _refuse_distributed(op: GlobalOperator, ctx: GlobalContext, need: int) -> None:
+    """The distributed form is Ray Data's (shuffles and joins); the Spark engine has the
+    gathered form only, so above the budget it stops before any work, naming the setting."""
+    engine = ctx.get_engine()
+    if engine.name != "ray":
+        raise KilnError(f"{op.label}: what it gathers (about {need / 1e9:.2f} GB) is over ray.global_memory "
+                        f"({ctx.memory_budget / 1e9:.2f} GB), and the {engine.name} engine has only the gathered "
+                        "form: raise ray.global_memory (the task's memory) or run this stage with --engine ray")
 
 
 def _record(summary: dict[str, Any], ctx: GlobalContext) -> None:
@@ -328,7 +334,7 @@ _GROUP_MEMORY_FACTOR = 3.0
 
 
 def _run_grouped(op: GlobalOperator, ds: Any, ctx: GlobalContext, keys_fn: Any, reason: str, what: str) -> Any:
-    _check_survivor_column(op, ds)
+    _check_survivor_column(op, ds, ctx)
     started = time.perf_counter()
     keys_dir = ctx.work_dir / "keys"
     gathered = map_input_files(ctx, keys_fn, keys_dir, KEY_SCHEMA)
@@ -337,9 +343,10 @@ def _run_grouped(op: GlobalOperator, ds: Any, ctx: GlobalContext, keys_fn: Any, 
     ctx.extra["keys"] = gathered["rows"]
     if _fits(ctx, gathered["bytes"], _GROUP_MEMORY_FACTOR):
         ctx.extra["execution"] = "gathered"
-        summary = run_in_one_task(_group_in_one_task, key_files, reason, what, str(ctx.work_dir / "decisions"))
+        summary = run_in_one_task(ctx, _group_in_one_task, key_files, reason, what, str(ctx.work_dir / "decisions"))
         ctx.extra["phase_seconds"] = {"keys": keys_seconds, "group": round(time.perf_counter() - started - keys_seconds, 3)}
         return _finish_gathered(op, ds, ctx.work_dir / "decisions", summary, ctx)
+    _refuse_distributed(op, ctx, int(gathered["bytes"] * _GROUP_MEMORY_FACTOR))
     ctx.extra["execution"] = "distributed"
     if not key_files:
         _record({}, ctx)
@@ -846,7 +853,7 @@ def _gathered_bytes(signature_bytes: int, nodes: int, bands: int) -> int:
 @global_executor("minhash_dedup", reads_files=True)
 def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
     params: kernels.MinHashParams = op.params  # type: ignore[assignment]
-    _check_survivor_column(op, ds)
+    _check_survivor_column(op, ds, ctx)
     bands, rows = params.band_rows
     num_perm = params.num_perm
     work = ctx.work_dir
@@ -872,13 +879,14 @@ def run_minhash_dedup(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> Any:
                       "docs_compared": int(docs_compared), "gathered_bytes_estimate": estimate})
     if _fits(ctx, estimate, 1.0):
         ctx.extra["execution"] = "gathered"
-        summary = run_in_one_task(_cluster_in_one_task, signature_files, earlier, params, str(work / "decisions"))
+        summary = run_in_one_task(ctx, _cluster_in_one_task, signature_files, earlier, params, str(work / "decisions"))
         phases.update(summary.pop("phase_seconds"))
         phase("one_task")
         ctx.extra.update({"candidate_pairs": int(summary["candidate_pairs"]),
                           "verified_pairs": int(summary["verified_pairs"]), "cc_rounds": 0, "phase_seconds": phases})
         result = _finish_gathered(op, ds, work / "decisions", summary, ctx)
     else:
+        _refuse_distributed(op, ctx, estimate)
         ctx.extra["execution"] = "distributed"
         result = _distributed_minhash(op, ds, ctx, signature_files, earlier, int(docs_compared), phases, phase)
     if params.save_index and not ctx.analyze:

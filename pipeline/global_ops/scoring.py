@@ -1,4 +1,5 @@
-"""Executors of `perplexity_select` and `difficulty_bucket` over Ray Data.
+"""Executors of `perplexity_select` and `difficulty_bucket` (Ray Data, and Spark through the
+gathered form below).
 
 Both work in two passes and never join:
 1. a narrow projection of every row (group name, value, a 64-bit tie key hashed from the
@@ -51,6 +52,7 @@ from pipeline.global_ops import (
     GlobalContext,
     apply_decisions,
     global_executor,
+    run_in_one_task,
 )
 
 GROUP, VALUE, TIE, CHARS, SOURCE = "_group", "_value", "_tie", "_chars", "_source"
@@ -79,9 +81,8 @@ def float_values(batch: pa.Table, column: str) -> np.ndarray:
     return np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
 
 
-def _check_column(ds: Any, column: str, op_name: str) -> None:
-    schema = ds.schema()
-    names = schema.names if schema is not None else []
+def _check_column(ds: Any, column: str, op_name: str, ctx: GlobalContext) -> None:
+    names = ctx.get_engine().schema_names(ds)
     if names and column not in names:
         hint = " (add the perplexity operator before it)" if column.startswith("stat.ppl") else ""
         raise KilnError(f"{op_name}: the stage input has no column {column}{hint}; it has "
@@ -125,6 +126,63 @@ def _summaries(projected: Any, summarize, ctx: GlobalContext) -> dict[str, dict[
     return {row[GROUP]: json.loads(row["summary"]) for row in rows}
 
 
+# --------------------------------------------------------------------------- gathered form
+# Engines without Ray Data's groupby (Spark) summarise groups the gathered way: the narrow
+# projection of every input file is written by one task per file (`map_input_files`), and one
+# task reads it all, orders it by group and summarises each group (`run_in_one_task`). The
+# same `project` and `summarize` functions as the Ray form, so the same boundaries.
+
+# Working memory of the one task per byte of projection: the columns, their sorted copy, a group.
+_GATHER_MEMORY_FACTOR = 3.0
+
+
+def _gather_projection(op_label: str, project, schema: pa.Schema, ctx: GlobalContext) -> list[str]:
+    from pipeline.global_ops import map_input_files
+
+    out_dir = ctx.work_dir / "projection"
+    gathered = map_input_files(ctx, project, out_dir, schema)
+    need = int(gathered["bytes"] * _GATHER_MEMORY_FACTOR)
+    if need > ctx.memory_budget:
+        raise KilnError(f"{op_label}: its projection (about {need / 1e9:.2f} GB to order in one task) is over "
+                        f"ray.global_memory ({ctx.memory_budget / 1e9:.2f} GB), and the "
+                        f"{ctx.get_engine().name} engine summarises groups in one task: raise ray.global_memory "
+                        "or run this stage with --engine ray")
+    return sorted(str(f) for f in out_dir.glob("part-*.parquet")) if out_dir.is_dir() else []
+
+
+def _read_projection(files: list[str], schema: pa.Schema) -> pa.Table:
+    from common import storage
+
+    tables = [storage.parquet_file(f).read().cast(schema) for f in files]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _group_counts(files: list[str], schema: pa.Schema) -> dict[str, int]:
+    table = _read_projection(files, schema)
+    counts = table.group_by(GROUP).aggregate([([], "count_all")])
+    return dict(zip(counts.column(GROUP).to_pylist(), counts.column("count_all").to_pylist()))
+
+
+def _summarize_groups(files: list[str], schema: pa.Schema, summarize) -> dict[str, dict[str, Any]]:
+    """Every group of the gathered projection through `summarize`, in one task."""
+    table = _read_projection(files, schema)
+    if table.num_rows == 0:
+        return {}
+    table = table.sort_by(GROUP)
+    groups = table.column(GROUP).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    ends = np.r_[starts[1:], len(groups)]
+    out = {}
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        row = summarize(table.slice(lo, hi - lo))
+        out[row.column(GROUP)[0].as_py()] = json.loads(row.column("summary")[0].as_py())
+    return out
+
+
+def _is_ray(ctx: GlobalContext) -> bool:
+    return ctx.get_engine().name == "ray"
+
+
 def _summary_table(name: str, summary: dict[str, Any]) -> pa.Table:
     return pa.table({GROUP: [name], "summary": [json.dumps(summary)]})
 
@@ -135,7 +193,7 @@ def _summary_table(name: str, summary: dict[str, Any]) -> pa.Table:
 @global_executor("perplexity_select")
 def run_perplexity_select(op: PerplexitySelect, ds: Any, ctx: GlobalContext) -> Any:
     p = op.params
-    _check_column(ds, p.column, op.name)
+    _check_column(ds, p.column, op.name, ctx)
     keys = list(p.group_by)
 
     def project(batch: pa.Table) -> pa.Table:
@@ -163,7 +221,13 @@ def run_perplexity_select(op: PerplexitySelect, ds: Any, ctx: GlobalContext) -> 
         }
         return _summary_table(group.column(GROUP)[0].as_py(), summary)
 
-    summaries = _summaries(ds.map_batches(project, batch_format="pyarrow", batch_size=ctx.batch_size), summarize, ctx)
+    if _is_ray(ctx):
+        summaries = _summaries(ds.map_batches(project, batch_format="pyarrow", batch_size=ctx.batch_size), summarize,
+                               ctx)
+    else:
+        schema = pa.schema([(GROUP, pa.string()), (VALUE, pa.float64()), (TIE, pa.uint64())])
+        files = _gather_projection(op.label, project, schema, ctx)
+        summaries = run_in_one_task(ctx, _summarize_groups, files, schema, summarize)
     bounds = {g: (_bound(s["boundaries"]["head"]), _bound(s["boundaries"]["keep"])) for g, s in summaries.items()}
     label_column = p.label_column
     missing_reason = "no_ppl" if p.missing == "reject" else None
@@ -208,7 +272,7 @@ def run_perplexity_select(op: PerplexitySelect, ds: Any, ctx: GlobalContext) -> 
         "docs_scored": docs_scored,
         "missing": p.missing,
     })
-    return ds.map_batches(decide, batch_format="pyarrow", batch_size=ctx.batch_size)
+    return ctx.get_engine().map_batches(ds, decide, ctx.batch_size)
 
 
 def _bound(b: list | None) -> tuple[float, int] | None:
@@ -221,7 +285,7 @@ def _bound(b: list | None) -> tuple[float, int] | None:
 @global_executor("difficulty_bucket")
 def run_difficulty_bucket(op: DifficultyBucket, ds: Any, ctx: GlobalContext) -> Any:
     p = op.params
-    _check_column(ds, p.column, op.name)
+    _check_column(ds, p.column, op.name, ctx)
     keys = p.group_keys()
     k = p.num_buckets
     sign = 1.0 if p.higher_is_harder else -1.0
@@ -244,14 +308,22 @@ def run_difficulty_bucket(op: DifficultyBucket, ds: Any, ctx: GlobalContext) -> 
                          CHARS: pc.utf8_length(batch.column("text")).cast(pa.int64()).filter(mask),
                          SOURCE: sources.cast(pa.string()).fill_null(NULL_GROUP).filter(mask)})
 
-    projected = ds.map_batches(project, batch_format="pyarrow", batch_size=ctx.batch_size)
+    schema = pa.schema([(GROUP, pa.string()), (VALUE, pa.float64()), ("_raw", pa.float64()), (TIE, pa.uint64()),
+                        (CHARS, pa.int64()), (SOURCE, pa.string())])
+    if _is_ray(ctx):
+        projected = ds.map_batches(project, batch_format="pyarrow", batch_size=ctx.batch_size)
+    else:
+        files = _gather_projection(op.label, project, schema, ctx)
     sizes: dict[str, list[int]] = {}
     if p.mode == "colossal":
         # Bin sizes need every group's size first; the projection is small, keep it.
-        projected = projected.materialize()
-        with sort_shuffle(projected):
-            rows = projected.groupby(GROUP, num_partitions=ctx.num_partitions).count().take_all()
-        counts = {row[GROUP]: int(row["count()"]) for row in rows}
+        if _is_ray(ctx):
+            projected = projected.materialize()
+            with sort_shuffle(projected):
+                rows = projected.groupby(GROUP, num_partitions=ctx.num_partitions).count().take_all()
+            counts = {row[GROUP]: int(row["count()"]) for row in rows}
+        else:
+            counts = run_in_one_task(ctx, _group_counts, files, schema)
         names = sorted(counts)
         matrix = proportional_bin_sizes([counts[g] for g in names], k)
         sizes = {g: [int(x) for x in row] for g, row in zip(names, matrix)}
@@ -270,7 +342,10 @@ def run_difficulty_bucket(op: DifficultyBucket, ds: Any, ctx: GlobalContext) -> 
                                              group.column(SOURCE).to_pylist(), k)}
         return _summary_table(name, summary)
 
-    summaries = _summaries(projected, summarize, ctx)
+    if _is_ray(ctx):
+        summaries = _summaries(projected, summarize, ctx)
+    else:
+        summaries = run_in_one_task(ctx, _summarize_groups, files, schema, summarize)
     bounds = {g: [_bound(b) for b in s["boundaries"]] for g, s in summaries.items()}
     bucket_column = p.bucket_column
 
@@ -312,4 +387,4 @@ def run_difficulty_bucket(op: DifficultyBucket, ds: Any, ctx: GlobalContext) -> 
                                  "groups": keys},
                   "buckets": buckets_extra}
     (ctx.output_dir / "curriculum.json").write_text(json.dumps(curriculum, indent=2, ensure_ascii=False) + "\n")
-    return ds.map_batches(assign, batch_format="pyarrow", batch_size=ctx.batch_size)
+    return ctx.get_engine().map_batches(ds, assign, ctx.batch_size)

@@ -1,13 +1,13 @@
-"""Executor of `tokenize_pack`: encode on the workers, plan on the driver from small totals,
+"""Executor of `tokenize_pack` (Ray and Spark engines): encode on the workers, plan on the driver from small totals,
 pack and write shards on the workers, write the manifest on the driver.
 
-1. Encode: a Ray Data write of the stage's rows through `_EncodeSink`. Each write task
+1. Encode: a write of the stage's rows (`Engine.write_parts`, pipeline/engine.py). Each write task
    encodes its blocks (the `tokenizers` encoder is loaded once per worker process), writes
    the rows with `stat.tokens` (documents without tokens rejected as `no_tokens`) to
    `work/rows/`, and the token lists sorted by (bucket, source) to one Arrow file in
    `work/tokens/`, and returns only per-group totals.
 2. Plan: `plan_shards` cuts every group's stream into shard ranges from those totals.
-3. Pack: one Ray Data task per shard reads the token ranges it needs (memory-mapped),
+3. Pack: one task per shard (`Engine.map_files`) reads the token ranges it needs (memory-mapped),
    packs them and writes its shard into the stage's `shards/`, returning the ShardInfo.
 4. Manifest: the driver adds up the shard infos and group totals into `shards/manifest.json`
    and copies the tokenizer into `shards/tokenizer/` (an AutoTokenizer folder).
@@ -55,60 +55,41 @@ TOKENIZER_DIR = "tokenizer"
 PARALLELISM = "TOKENIZERS_PARALLELISM"
 
 
-def _encode_sink(rows_dir: Path, token_dir: Path, op: TokenizePack, tokenizer_dir: str, special: SpecialIds,
-                 analyze: bool, batch_size: int):
-    from ray.data import Datasink
-
-    class EncodeSink(Datasink):
-        """First pass; files are named by the write task's index, so a retried task
-        overwrites its own output."""
-
-        def __init__(self) -> None:
-            self.results: list[dict[str, Any]] = []
-
-        def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
-            # `tokenizers` reads this at every batch call; restored so that other work in this
-            # (reused) worker process is not affected.
-            previous = os.environ.get(PARALLELISM)
-            os.environ[PARALLELISM] = "true" if op.params.parallel_encode else "false"
-            try:
-                return self._write(blocks, ctx)
-            finally:
-                if previous is None:
-                    os.environ.pop(PARALLELISM, None)
-                else:
-                    os.environ[PARALLELISM] = previous
-
-        def _write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
-            tokenizer = load_tokenizer(tokenizer_dir)
-            row_parts, token_parts = [], []
-            for block in blocks:
-                table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-                for lo in range(0, table.num_rows, batch_size):
-                    batch = table.slice(lo, batch_size)
-                    encoded = encode_batch_table(batch, op.params, tokenizer, special)
-                    batch = set_column(batch, TOKENS_STAT, encoded.tokens_stat)
-                    batch = batch.append_column(DECISION_REASON, encoded.reasons)
-                    if encoded.details is not None:
-                        batch = batch.append_column(DECISION_DETAIL, encoded.details)
-                    row_parts.append(apply_decisions(batch, op.label, analyze))
-                    token_parts.append(encoded.token_table)
-            name = f"part-{ctx.task_idx:05d}"
-            if row_parts:
-                storage.write_parquet_atomic(pa.concat_tables(row_parts, promote_options="permissive"),
-                                             rows_dir / f"{name}.parquet")
-            table, groups = group_token_table(token_parts)
-            if groups and not analyze:
-                write_token_file(table, token_dir / f"{name}.arrow")
-            return {"file": f"{name}.arrow", "groups": groups}
-
-        def on_write_complete(self, write_result: Any) -> None:
-            self.results = list(write_result.write_returns or [])
-
-        def get_name(self) -> str:
-            return "KilnTokenize"
-
-    return EncodeSink()
+def _encode_part(tables: Any, part: int, rows_dir: Path, token_dir: Path, op: TokenizePack, tokenizer_dir: str,
+                 special: SpecialIds, analyze: bool, batch_size: int) -> dict[str, Any]:
+    """First pass, one write task of the engine (`Engine.write_parts`): encode its rows, write
+    them with `stat.tokens` and its token file, return the per-group totals. Files are named by
+    the task's number, so a retried task overwrites its own output."""
+    # `tokenizers` reads this at every batch call; restored so that other work in this
+    # (reused) worker process is not affected.
+    previous = os.environ.get(PARALLELISM)
+    os.environ[PARALLELISM] = "true" if op.params.parallel_encode else "false"
+    try:
+        tokenizer = load_tokenizer(tokenizer_dir)
+        row_parts, token_parts = [], []
+        for table in tables:
+            for lo in range(0, table.num_rows, batch_size):
+                batch = table.slice(lo, batch_size)
+                encoded = encode_batch_table(batch, op.params, tokenizer, special)
+                batch = set_column(batch, TOKENS_STAT, encoded.tokens_stat)
+                batch = batch.append_column(DECISION_REASON, encoded.reasons)
+                if encoded.details is not None:
+                    batch = batch.append_column(DECISION_DETAIL, encoded.details)
+                row_parts.append(apply_decisions(batch, op.label, analyze))
+                token_parts.append(encoded.token_table)
+        name = f"part-{part:05d}"
+        if row_parts:
+            storage.write_parquet_atomic(pa.concat_tables(row_parts, promote_options="permissive"),
+                                         rows_dir / f"{name}.parquet")
+        table, groups = group_token_table(token_parts)
+        if groups and not analyze:
+            write_token_file(table, token_dir / f"{name}.arrow")
+        return {"file": f"{name}.arrow", "groups": groups}
+    finally:
+        if previous is None:
+            os.environ.pop(PARALLELISM, None)
+        else:
+            os.environ[PARALLELISM] = previous
 
 
 def _pack_one(plan: dict[str, Any], token_dir: str, shards_dir: str, seq_len: int, mode: str, pad_id: int,
@@ -142,9 +123,8 @@ def _add(into: dict[str, int], key: Any, value: int) -> None:
 
 @global_executor("tokenize_pack")
 def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
-    import ray
+    import functools
 
-    from pipeline.runner import read_stage_dataset
     from pipeline.tokenizer import prepare_hf_folder
 
     params = op.params
@@ -163,13 +143,16 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
         raise ConfigError(f"{op.label}: the tokenizer has no BOS token; set add_bos: false")
 
     rows_dir, token_dir = ctx.work_dir / "rows", ctx.work_dir / "tokens"
-    sink = _encode_sink(rows_dir, token_dir, op, str(tokenizer_dir), special, ctx.analyze, ctx.batch_size)
+    engine = ctx.get_engine()
+    encode = functools.partial(_encode_part, rows_dir=rows_dir, token_dir=token_dir, op=op,
+                               tokenizer_dir=str(tokenizer_dir), special=special, analyze=ctx.analyze,
+                               batch_size=ctx.batch_size)
     phases: dict[str, float] = {}  # seconds per phase, for stats.json and the benchmark
     phase_started = time.perf_counter()
-    ds.write_datasink(sink)
+    results = engine.write_parts(ds, encode)
     phases["encode"] = round(time.perf_counter() - phase_started, 3)
-    files = sorted(((r["file"], r["groups"]) for r in sink.results if r["groups"]), key=lambda fg: fg[0])
-    rows = read_stage_dataset(rows_dir, ctx.batch_size, ctx.num_cpus)
+    files = sorted(((r["file"], r["groups"]) for r in results if r["groups"]), key=lambda fg: fg[0])
+    rows = engine.read_stage(rows_dir)
 
     by_bucket: dict[str, int] = {}
     by_source: dict[str, int] = {}
@@ -193,13 +176,15 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
 
     phase_started = time.perf_counter()
     plans = plan_shards(files, params.seq_len, params.mode, params.shard_tokens)
-    results: list[dict[str, Any]] = []
+    results = []
     if plans:
-        # One plain Ray task per shard: a handful of tasks whose inputs are small plans, so a
-        # Ray Data pipeline (its executor start, blocks and stats) would only add fixed cost.
-        pack = ray.remote(num_cpus=1, max_retries=3)(_pack_one)
-        results = ray.get([pack.remote(p, str(token_dir), str(shards_dir), params.seq_len, params.mode,
-                                       special.pad, params.shuffle, params.seed) for p in plans])
+        # One plain task per shard (`map_files`): a handful of tasks whose inputs are small
+        # plans, so a Ray Data pipeline (its executor start, blocks and stats) would only add
+        # fixed cost.
+        pack = functools.partial(_pack_one, token_dir=str(token_dir), shards_dir=str(shards_dir),
+                                 seq_len=params.seq_len, mode=params.mode, pad_id=special.pad,
+                                 shuffle=params.shuffle, seed=params.seed)
+        results = engine.map_files(pack, [(p,) for p in plans])
     phases["plan_and_pack"] = round(time.perf_counter() - phase_started, 3)
     phase_started = time.perf_counter()
     shards = sorted((ShardInfo(**r["info"]) for r in results if r["info"]), key=lambda s: (s.bucket, s.source, s.path))
