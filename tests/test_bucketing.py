@@ -271,3 +271,26 @@ def test_a_missing_statistic_is_a_one_line_error(run_config, two_languages):
 
     with pytest.raises(KilnError, match=r"no column stat\.ppl.*perplexity operator"):
         run_config({"inputs": two_languages, "stages": [{"name": "s", "ops": [{"perplexity_select": {}}]}]})
+
+
+@pytest.mark.ray
+def test_gathered_and_distributed_summaries_agree(run_config, two_languages):
+    # The default budget orders the projection in one task; a one-byte budget makes Ray Data
+    # group it across the cluster. The same cut-offs, buckets and rows either way.
+    outcomes = {}
+    for budget in ("2GB", 1):
+        stats, run_dir = run_config({
+            "inputs": two_languages, "ray": {"global_memory": budget},
+            "stages": [{"name": "select", "ops": [
+                {"length_filter": {}}, {"perplexity_select": {"column": "stat.chars"}},
+                {"difficulty_bucket": {"column": "stat.chars", "mode": "colossal", "num_buckets": 3}}]}]}, redo=True)
+        extra = stats["stages"][0]["extra"]
+        assert {extra[op]["execution"] for op in ("perplexity_select", "difficulty_bucket")} == {
+            "gathered" if budget == "2GB" else "distributed"}
+        rows = read_rows(run_dir / "01-select" / "data") + read_rows(run_dir / "01-select" / "rejected")
+        outcomes[budget] = (
+            sorted((r["id"], r.get("reject_op"), r.get("stat.ppl_label"), r.get("bucket")) for r in rows),
+            {op: {k: v for k, v in extra[op].items() if k not in ("execution", "wall_seconds")}
+             for op in ("perplexity_select", "difficulty_bucket")})
+    assert outcomes["2GB"] == outcomes[1]
+    assert len(outcomes[1][0]) == 70

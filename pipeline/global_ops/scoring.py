@@ -1,11 +1,13 @@
-"""Executors of `perplexity_select` and `difficulty_bucket` (Ray Data, and Spark through the
-gathered form below).
+"""Executors of `perplexity_select` and `difficulty_bucket`, on every engine.
 
 Both work in two passes and never join:
 1. a narrow projection of every row (group name, value, a 64-bit tie key hashed from the
-   id, characters, source) is grouped with Ray Data's sort-based `groupby(...).map_groups`;
-   each group's task orders its values and returns one small summary row: the exact rank
-   boundaries (value, tie key) of its cut-offs or buckets, counts and a histogram;
+   id, characters, source) is written by one task per input file; where ordering it fits
+   `ray.global_memory` (about 90 bytes a document: 20 million documents in the default 2 GB)
+   one task orders it and summarises every group (the gathered form, as the dedup operators
+   do), else Ray Data's sort-based `groupby(...).map_groups` does it across the cluster; each
+   group gives one small summary row: the exact rank boundaries (value, tie key) of its
+   cut-offs or buckets, counts and a histogram;
 2. a streaming `map_batches` over the rows labels each one from its group's boundaries
    (a few numbers per group, shipped with the function) and, for selection, marks the
    rejected ones through `apply_decisions`.
@@ -127,27 +129,40 @@ def _summaries(projected: Any, summarize, ctx: GlobalContext) -> dict[str, dict[
 
 
 # --------------------------------------------------------------------------- gathered form
-# Engines without Ray Data's groupby (Spark) summarise groups the gathered way: the narrow
+# Below the budget, on every engine, groups are summarised the gathered way: the narrow
 # projection of every input file is written by one task per file (`map_input_files`), and one
-# task reads it all, orders it by group and summarises each group (`run_in_one_task`). The
-# same `project` and `summarize` functions as the Ray form, so the same boundaries.
+# task reads it all, orders it by group and summarises each group (`run_in_one_task`). Above
+# it the Ray engine groups the same projection files with Ray Data. The same `project` and
+# `summarize` functions in both forms, so the same boundaries.
 
 # Working memory of the one task per byte of projection: the columns, their sorted copy, a group.
 _GATHER_MEMORY_FACTOR = 3.0
 
 
-def _gather_projection(op_label: str, project, schema: pa.Schema, ctx: GlobalContext) -> list[str]:
+def _gather_projection(op_label: str, project, schema: pa.Schema, ctx: GlobalContext) -> tuple[list[str], bool]:
+    """The projection of every row, written by one task per input file, and whether one task
+    may order it within `ray.global_memory` (the gathered form). Above the budget the Ray
+    engine groups the same files with a Ray Data groupby; other engines stop with the reason."""
     from pipeline.global_ops import map_input_files
 
     out_dir = ctx.work_dir / "projection"
     gathered = map_input_files(ctx, project, out_dir, schema)
     need = int(gathered["bytes"] * _GATHER_MEMORY_FACTOR)
-    if need > ctx.memory_budget:
+    fits = need <= ctx.memory_budget
+    if not fits and not _is_ray(ctx):
         raise KilnError(f"{op_label}: its projection (about {need / 1e9:.2f} GB to order in one task) is over "
                         f"ray.global_memory ({ctx.memory_budget / 1e9:.2f} GB), and the "
                         f"{ctx.get_engine().name} engine summarises groups in one task: raise ray.global_memory "
                         "or run this stage with --engine ray")
-    return sorted(str(f) for f in out_dir.glob("part-*.parquet")) if out_dir.is_dir() else []
+    ctx.extra["execution"] = "gathered" if fits else "distributed"
+    files = sorted(str(f) for f in out_dir.glob("part-*.parquet")) if out_dir.is_dir() else []
+    return files, fits
+
+
+def _projected_dataset(files: list[str], schema: pa.Schema) -> Any:
+    import ray.data
+
+    return ray.data.read_parquet(files, schema=schema)
 
 
 def _read_projection(files: list[str], schema: pa.Schema) -> pa.Table:
@@ -221,13 +236,12 @@ def run_perplexity_select(op: PerplexitySelect, ds: Any, ctx: GlobalContext) -> 
         }
         return _summary_table(group.column(GROUP)[0].as_py(), summary)
 
-    if _is_ray(ctx):
-        summaries = _summaries(ds.map_batches(project, batch_format="pyarrow", batch_size=ctx.batch_size), summarize,
-                               ctx)
-    else:
-        schema = pa.schema([(GROUP, pa.string()), (VALUE, pa.float64()), (TIE, pa.uint64())])
-        files = _gather_projection(op.label, project, schema, ctx)
+    schema = pa.schema([(GROUP, pa.string()), (VALUE, pa.float64()), (TIE, pa.uint64())])
+    files, gathered = _gather_projection(op.label, project, schema, ctx)
+    if gathered:
         summaries = run_in_one_task(ctx, _summarize_groups, files, schema, summarize)
+    else:
+        summaries = _summaries(_projected_dataset(files, schema), summarize, ctx)
     bounds = {g: (_bound(s["boundaries"]["head"]), _bound(s["boundaries"]["keep"])) for g, s in summaries.items()}
     label_column = p.label_column
     missing_reason = "no_ppl" if p.missing == "reject" else None
@@ -310,15 +324,12 @@ def run_difficulty_bucket(op: DifficultyBucket, ds: Any, ctx: GlobalContext) -> 
 
     schema = pa.schema([(GROUP, pa.string()), (VALUE, pa.float64()), ("_raw", pa.float64()), (TIE, pa.uint64()),
                         (CHARS, pa.int64()), (SOURCE, pa.string())])
-    if _is_ray(ctx):
-        projected = ds.map_batches(project, batch_format="pyarrow", batch_size=ctx.batch_size)
-    else:
-        files = _gather_projection(op.label, project, schema, ctx)
+    files, gathered = _gather_projection(op.label, project, schema, ctx)
+    projected = None if gathered else _projected_dataset(files, schema)
     sizes: dict[str, list[int]] = {}
     if p.mode == "colossal":
-        # Bin sizes need every group's size first; the projection is small, keep it.
-        if _is_ray(ctx):
-            projected = projected.materialize()
+        # Bin sizes need every group's size first.
+        if not gathered:
             with sort_shuffle(projected):
                 rows = projected.groupby(GROUP, num_partitions=ctx.num_partitions).count().take_all()
             counts = {row[GROUP]: int(row["count()"]) for row in rows}
@@ -342,10 +353,10 @@ def run_difficulty_bucket(op: DifficultyBucket, ds: Any, ctx: GlobalContext) -> 
                                              group.column(SOURCE).to_pylist(), k)}
         return _summary_table(name, summary)
 
-    if _is_ray(ctx):
-        summaries = _summaries(projected, summarize, ctx)
-    else:
+    if gathered:
         summaries = run_in_one_task(ctx, _summarize_groups, files, schema, summarize)
+    else:
+        summaries = _summaries(projected, summarize, ctx)
     bounds = {g: [_bound(b) for b in s["boundaries"]] for g, s in summaries.items()}
     bucket_column = p.bucket_column
 
