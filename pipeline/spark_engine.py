@@ -60,6 +60,32 @@ JAVA_HINT = "kiln run --engine spark needs Java 17+: apt install openjdk-17-jre-
 MIN_JAVA = 17
 DRIVER_MEMORY = "1g"  # the driver only plans and adds up counts; rows never reach it
 _RESULT_SCHEMA = pa.schema([("result", pa.binary())])
+# The driver JVM's logging when kiln starts Spark itself: warnings, on stderr, without the
+# native-Hadoop one. Spark's default profile prints half a dozen lines at start (which
+# profile, which level, a native Hadoop library not found) before kiln's first line; with
+# its own file at WARN (PySpark's shell level) it announces nothing.
+_LOG4J2 = """status = error
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+rootLogger.level = warn
+rootLogger.appenderRef.stdout.ref = console
+logger.native.name = org.apache.hadoop.util.NativeCodeLoader
+logger.native.level = error
+"""
+
+
+def _log4j2_file() -> str:
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"kiln-spark-log4j2-{os.getuid()}.properties"
+    if not path.is_file() or path.read_text() != _LOG4J2:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(_LOG4J2)
+        tmp.replace(path)
+    return str(path)
 
 
 def java_major(version_output: str) -> int | None:
@@ -195,6 +221,8 @@ class SparkEngine:
         builder = SparkSession.builder.appName(f"kiln {config.run.name}")
         if master:
             builder = builder.master(master)
+        if not under_submit:  # spark-submit's driver is configured by whoever submitted it
+            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={_log4j2_file()}")
         for key, value in {
             "spark.driver.memory": DRIVER_MEMORY,
             "spark.ui.enabled": "false",
