@@ -1,19 +1,12 @@
 """The runner: stages of operators, written atomically, every document accounted for.
 
-`Runner` owns what does not depend on the engine (plan, lock, temporary stage folders, the
-count check, stats.json, `_SUCCESS`, resume) and hands the work to the run's engine
-(pipeline/engine.py): `RayEngine`, below, or the Spark engine (pipeline/spark_engine.py).
-What follows describes the Ray engine.
-
-One stage is one streaming Ray Data pass: read (the inputs for stage 1, the previous stage's
-`data/` otherwise), the operators in order, and a writer that sends kept rows to `data/` and
-rejected rows to `rejected/`, counting as it goes. A global operator splits a stage into
-segments: the rows so far are written to the stage's scratch folder, the operator's executor
-reads them (as often as it needs) and its output is written again before the stage goes on.
-
-Per-batch operators become `map_batches` calls: plain tasks (which Ray fuses), or an actor
-pool for operators with a `setup()` (models), with the CPUs, GPUs, memory and concurrency the
-operator declares or the config overrides. Only this package imports Ray.
+`Runner` owns what does not depend on the engine: the plan, the run lock, temporary stage
+folders, the order of a stage's per-batch and global operators (and when the rows so far must
+be written for a global operator to read them again), the count check, stats.json,
+`_SUCCESS` and resume. The work itself goes to the run's engine (pipeline/engines/: Ray by
+default, or Spark). The engine-neutral pieces the engines share live here too: the stage
+start, the operator chain applied to a batch, the kept/rejected split of a write, and the
+readers of input and stage files.
 
 Reruns: a finished stage (its `_SUCCESS` written) is skipped while its configuration and its
 input are unchanged; a stage that runs makes every later stage stale.
@@ -21,9 +14,6 @@ input are unchanged; a stage that runs makes every later stage stale.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import logging
 import os
 import re
@@ -42,7 +32,7 @@ import yaml
 from common import storage
 from common.errors import ConfigError, KilnError, StageError
 from common.ids import IdClaims, make_unique
-from common.readers import DOC_SCHEMA, READ_OP, InputFile, expand_inputs, read_file
+from common.readers import READ_OP, InputFile, expand_inputs, read_file
 from operators.base import (
     REJECT_DETAIL,
     REJECT_OP,
@@ -55,203 +45,12 @@ from operators.base import (
     split_rejected,
 )
 from pipeline import stats as stats_lib
-from pipeline.cluster import join_on_loopback
 from pipeline.config import PipelineConfig, StageSpec
 from pipeline.lock import RunLock
 from pipeline.progress import ProgressReporter
 
 log = logging.getLogger("kiln")
 BYTES_IN = "_kiln.bytes_in"
-TARGET_READ_BYTES = 128 << 20
-MIN_READ_BYTES = 1 << 20  # smaller inputs are read by one task
-WRITE_BUNDLE_BYTES = 16 << 20
-
-
-# --------------------------------------------------------------------------- Ray session
-
-
-def default_object_store_bytes() -> int:
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 8 << 30
-    return int(min(total * 0.25, 4 << 30))
-
-
-# Run by a small watchdog process beside a local Ray: it blocks on a pipe from the driver and,
-# when the pipe closes (the driver ended, or was killed with kill -9), kills the Ray processes
-# the driver started that are still alive. The raylet and GCS die with the driver, but Ray's
-# DashboardAgent and RuntimeEnvAgent (~240 MB) otherwise live on for minutes. Each process is
-# checked by its start time, so a reused pid is never hit. SIGINT is ignored: Ctrl-C reaches
-# the whole terminal group, and the watchdog must outlive the driver to clean up after it.
-_REAPER = """
-import json, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-procs = json.loads(sys.argv[1])
-sys.stdin.read()
-import psutil
-for pid, created in procs:
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - created) < 0.01:
-            proc.kill()
-    except psutil.Error:
-        pass
-"""
-
-
-def _start_reaper() -> Any:
-    """The watchdog for the Ray processes this driver has started (see _REAPER)."""
-    import subprocess
-    import sys
-
-    import psutil
-
-    procs = []
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            command = " ".join(child.cmdline())
-            if "ray::" in command or "/ray/" in command:  # Ray's own, not other children of a host process
-                procs.append((child.pid, child.create_time()))
-    return subprocess.Popen([sys.executable, "-c", _REAPER, json.dumps(procs)], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-@dataclass
-class RaySession:
-    started_here: bool
-    num_cpus: int
-    reaper: Any = None
-
-    def close(self) -> None:
-        if self.started_here:
-            import ray
-
-            ray.shutdown()
-        if self.reaper is not None:
-            self.reaper.stdin.close()  # the watchdog stops what ray.shutdown left
-            with contextlib.suppress(Exception):
-                self.reaper.wait(timeout=30)
-
-
-def check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail fast on a head that does not answer: ray.init retries a dead GCS address for
-    minutes. `auto` and addresses without a port are left to Ray."""
-    import socket
-
-    host_port = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = host_port.rpartition(":")
-    if address == "auto" or not host or not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError as e:
-        raise KilnError(f"cannot reach the Ray cluster at {address} ({e.strerror or type(e).__name__}): is the "
-                        "head up, and is this its GCS address (HEAD:6379) or client address (ray://HEAD:10001)?") from None
-
-
-def check_token(address: str) -> None:
-    """Ask the GCS once whether it takes this driver's token: ray.init would retry a refused
-    token for ~20 s, print a warning a second, and then say it cannot reach the cluster."""
-    if address == "auto" or "://" in address:
-        return
-    try:
-        from ray._raylet import GcsClient  # private; without it ray.init reports the problem
-        from ray.exceptions import AuthenticationError
-    except ImportError:
-        return
-    saved_stderr, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)  # the GCS client logs the refusal from C++ as well; kiln says it once
-    try:
-        GcsClient(address=address)
-    except AuthenticationError:
-        has_token = any(os.environ.get(v) for v in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
-        problem = "refused this driver's token" if has_token else "needs a token and this driver has none"
-        raise KilnError(f"the Ray cluster at {address} answers but {problem} (token authentication is on): set "
-                        "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
-                        "(`ray get-auth-token` on the head prints it)") from None
-    except Exception:  # anything else: ray.init says what it is
-        return
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(devnull)
-
-
-def connect_ray(config: PipelineConfig, address: str | None = None, num_cpus: int | None = None,
-                progress: bool = True) -> RaySession:
-    """Start a local Ray with the configured CPUs and a capped object store, or join an
-    existing cluster when an address is given. Reuses a Ray already initialised in process.
-    Inside a Ray job (`kiln submit`) RAY_ADDRESS names the job's cluster, which is joined."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        address = address or config.ray.address or os.environ.get("RAY_ADDRESS")
-        from ray.exceptions import AuthenticationError
-
-        try:
-            if address:
-                check_reachable(address)
-                check_token(address)
-                join_on_loopback(address)
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-            else:
-                ray.init(
-                    num_cpus=num_cpus or config.ray.num_cpus or os.cpu_count(),
-                    object_store_memory=config.ray.object_store_memory or default_object_store_bytes(),
-                    include_dashboard=False,
-                    logging_level=logging.WARNING,
-                )
-        except ConnectionError as e:
-            raise KilnError(f"cannot reach the Ray cluster at {address}: {e}. If the cluster runs with token "
-                            "authentication, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
-                            "RAY_AUTH_TOKEN_PATH)") from None
-        except AuthenticationError as e:
-            raise KilnError(f"the Ray cluster at {address} refused to connect: {str(e).split('. ')[0]}; set "
-                            "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
-        started = True
-    reaper = _start_reaper() if started and not address else None
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.execution_options.preserve_order = config.ray.preserve_order
-    ctx.enable_progress_bars = progress
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    _quiet_ray_data_console()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return RaySession(started_here=started, num_cpus=cpus, reaper=reaper)
-
-
-class _NoTracebacksOnConsole(logging.Filter):
-    """Ray Data logs a failed task's traceback two or three times (~175 lines) before the
-    driver sees the error; kiln then says what failed in one line. Those records stay in
-    Ray's session log (ray-data.log, named in the error) and are kept off the terminal."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
-
-
-def _quiet_ray_data_console() -> None:
-    from ray.data._internal.logging import configure_logging
-
-    configure_logging()  # Ray Data sets up its handlers once; the filter goes on its console one
-    for handler in logging.getLogger("ray.data").handlers:
-        is_console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-        if is_console and not any(isinstance(f, _NoTracebacksOnConsole) for f in handler.filters):
-            handler.addFilter(_NoTracebacksOnConsole())
-
-
-def _ray_logs_dir() -> str:
-    try:
-        import ray
-
-        return ray._private.worker._global_node.get_logs_dir_path()
-    except Exception:  # a private API: the message just says less without it
-        return "Ray's session logs"
 
 
 # --------------------------------------------------------------------------- reading
@@ -328,69 +127,6 @@ def _read_parquet_group(group: list[str], schema: pa.Schema, batch_rows: int) ->
             yield conform(pa.Table.from_batches([batch]), schema)
 
 
-def _file_groups_dataset(groups: list[list[Any]], sizes: list[int], read: Callable[[list[Any]], Iterable[pa.Table]],
-                         schema: pa.Schema):
-    from ray.data import read_datasource
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    class FileGroups(Datasource):
-        def estimate_inmemory_data_size(self) -> int:
-            return sum(sizes)
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                           data_context: Any = None) -> list[ReadTask]:
-            return [
-                ReadTask(functools.partial(read, group),
-                         BlockMetadata(num_rows=None, size_bytes=size, exec_stats=None, input_files=None),
-                         schema=schema)
-                for group, size in zip(groups, sizes)
-            ]
-
-        def get_name(self) -> str:
-            return "KilnRead"
-
-    return read_datasource(FileGroups())
-
-
-def read_inputs_dataset(config: PipelineConfig, num_cpus: int) -> tuple[Any, Any]:
-    """The inputs as one Dataset, and the IdClaims actor that makes ids unique across its read
-    tasks (None when one task reads everything and keeps the claims itself: no actor to
-    start, no round trip per batch); the caller kills the actor after the stage."""
-    files = expand_inputs(config.inputs)
-    pairs = [(f, config.inputs[f.spec_index]) for f in files]
-    total = sum(f.size for f in files)
-    target = max(MIN_READ_BYTES, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
-    groups = _group_by_size(pairs, [f.size for f in files], target)
-    sizes = [sum(f.size for f, _ in g) for g in groups]
-    claims = None
-    if len(groups) > 1:
-        import ray
-
-        # One actor holds the ids read so far, for every read task; it goes with the driver's
-        # job. num_cpus=0: it must never wait for a CPU.
-        claims = ray.remote(num_cpus=0)(IdClaims).remote()
-    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=claims)
-    return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA), claims
-
-
-def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int):
-    """The parquet files of a folder as one Dataset with a unified schema."""
-    files = storage.parquet_files(folder)
-    if not files:
-        schema = DOC_SCHEMA
-        import ray.data
-
-        return ray.data.from_arrow(DOC_SCHEMA.empty_table())
-    schema = storage.unified_schema(files)
-    file_sizes = [storage.file_size(f) * 3 for f in files]  # parquet compresses text about 3x
-    target = max(1 << 20, min(TARGET_READ_BYTES, sum(file_sizes) // max(1, 4 * num_cpus) + 1))
-    groups = _group_by_size(files, file_sizes, target)
-    sizes = [sum(storage.file_size(f) * 3 for f in g) for g in groups]
-    read = functools.partial(_read_parquet_group, schema=schema, batch_rows=batch_rows)
-    return _file_groups_dataset(groups, sizes, read, schema)
-
-
 # --------------------------------------------------------------------------- writing
 
 
@@ -430,144 +166,7 @@ def write_split_part(tables: Iterable[pa.Table], name: str, data_dir: Path, reje
     return counts
 
 
-def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool, progress: Any = None):
-    from ray.data import Datasink
-
-    class StageSink(Datasink):
-        """Splits each block into kept and rejected rows, writes one parquet file of each per
-        write task (named by the task index, so a retried task overwrites its own files), and
-        returns the task's counts; the driver adds them up in `on_write_complete`. Rows are
-        reported to the `progress` counter actor (pipeline/progress.py) block by block."""
-
-        def __init__(self) -> None:
-            self.counts: dict[str, Any] = {}
-
-        def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
-            tables = (block if isinstance(block, pa.Table) else pa.Table.from_pandas(block) for block in blocks)
-            on_block = None
-            if progress is not None:
-                def on_block(rows: int, text_bytes: int) -> None:
-                    progress.add.remote(rows, text_bytes)
-            return write_split_part(tables, f"{prefix}-{ctx.task_idx:05d}.parquet", data_dir, rejected_dir,
-                                    count_would_reject, on_block)
-
-        def on_write_complete(self, write_result: Any) -> None:
-            self.counts = stats_lib.merge(*write_result.write_returns) if write_result.write_returns else {}
-
-        def get_name(self) -> str:
-            return "KilnStageWrite"
-
-        @property
-        def min_bytes_per_write(self) -> int:
-            # Blocks bundled into files of tens of MB, not one small file per block: a
-            # global operator reads a segment file by file, and fewer files cost fewer tasks.
-            return WRITE_BUNDLE_BYTES
-
-    return StageSink()
-
-
-class _ProgressCounters:
-    """One progress counter actor for all the writes of a run, zeroed before each: an actor
-    is a worker process to start (a second or two of CPU on a small machine), too much to pay
-    for every stage and segment."""
-
-    def __init__(self) -> None:
-        self.actor: Any = None
-
-    def __call__(self) -> Any:
-        import ray
-
-        from pipeline.progress import ProgressCounter
-
-        if self.actor is None:
-            self.actor = ray.remote(num_cpus=0)(ProgressCounter).remote()
-        ray.get(self.actor.reset.remote(), timeout=60)
-        return self.actor
-
-
-def _read_progress(counter: Any) -> tuple[int, int]:
-    import ray
-
-    return ray.get(counter.read.remote(), timeout=10)
-
-
 # --------------------------------------------------------------------------- operators
-
-
-class _ActorOperator:
-    """Actor-side holder for an operator with a heavy setup(): built and set up once."""
-
-    def __init__(self, name: str, params: dict[str, Any], label: str, analyze: bool) -> None:
-        from operators import registry
-
-        self.op = registry.get(name)(params)
-        self.op.label = label
-        self.analyze = analyze
-        self.op.ensure_setup()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_operator(self.op, batch, analyze=self.analyze)
-
-
-def _runs_as_actor(op: Operator, spec: Any) -> bool:
-    """GPU operators run as actor pools, each actor holding its GPU and model. Every other
-    per-batch operator, model or not, runs in the stage's fused task chain and loads its model
-    once per worker process (`set_up_in_process`): an actor pool would hold CPUs for the whole
-    stage, and on a small machine the reads that feed it, blocked on a full output buffer,
-    then hold the rest, so the write never gets a CPU (the 100 MB score stage stalled so)."""
-    gpus = spec.resources.num_gpus if spec.resources.num_gpus is not None else op.resources.num_gpus
-    return op.kind != "global" and bool(gpus)
-
-
-def actor_cpu_cap(ops: list[tuple[Operator, Any]], cluster_cpus: int) -> float | None:
-    """CPUs each actor may ask for by default so that a stage's actor pools, one actor each,
-    leave a CPU for the read and map tasks: two 1-CPU model operators on a 2-CPU machine
-    would otherwise hold every CPU and the stage would wait forever."""
-    actors = sum(1 for op, spec in ops if _runs_as_actor(op, spec))
-    if not actors:
-        return None
-    return max(0.25, (cluster_cpus - 1) / actors)
-
-
-def check_fits(spec: Any, num_cpus: float, num_gpus: float, memory: int | None,
-               nodes: list[dict[str, float]] | None = None) -> None:
-    """Fail with the operator's YAML path when no node of the cluster can ever run one of its
-    tasks or actors (a GPU operator on a cluster without GPUs): Ray would wait forever."""
-    if nodes is None:
-        import ray
-
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    asks = {"CPU": num_cpus or 0, "GPU": num_gpus or 0, "memory": memory or 0}
-    if not nodes or any(all(node.get(k, 0) >= v for k, v in asks.items() if v) for node in nodes):
-        return
-    largest = {k: max(node.get(k, 0) for node in nodes) for k in asks}
-    wanted = ", ".join(f"{v:g} {k}" if k != "memory" else f"{v / (1 << 30):.1f} GiB memory"
-                       for k, v in asks.items() if v)
-    have = ", ".join(f"{largest[k]:g} {k}" if k != "memory" else f"{largest[k] / (1 << 30):.1f} GiB memory"
-                     for k, v in asks.items() if v)
-    raise StageError(f"{spec.where}: each task asks for {wanted}, but no node of the cluster has that much "
-                     f"(the largest has {have}); lower {spec.where}.resources or add such a node")
-
-
-def _task_kwargs(op: Operator, spec: Any, batch_size: int, cpu_cap: float | None) -> dict[str, Any]:
-    """The map_batches arguments of one operator: its batch size and the CPUs, GPUs, memory
-    and concurrency it declares or the config overrides."""
-    resources = spec.resources
-    num_cpus = resources.num_cpus if resources.num_cpus is not None else op.resources.num_cpus
-    if resources.num_cpus is None and cpu_cap is not None and _runs_as_actor(op, spec):
-        num_cpus = min(num_cpus, cpu_cap)
-    num_gpus = resources.num_gpus if resources.num_gpus is not None else op.resources.num_gpus
-    memory = resources.memory if resources.memory is not None else op.resources.memory
-    check_fits(spec, num_cpus, num_gpus, memory)
-    kwargs: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": resources.batch_size or batch_size,
-                              "num_cpus": num_cpus}
-    if num_gpus:
-        kwargs["num_gpus"] = num_gpus
-    if memory:
-        kwargs["memory"] = memory
-    if resources.concurrency and not _runs_as_actor(op, spec):
-        kwargs["concurrency"] = resources.concurrency
-    return kwargs
 
 
 def _apply_chain(ops: list[Operator], batch: pa.Table, *, analyze: bool, start: bool) -> pa.Table:
@@ -577,62 +176,6 @@ def _apply_chain(ops: list[Operator], batch: pa.Table, *, analyze: bool, start: 
     for op in set_up_in_process(ops):
         batch = apply_operator(op, batch, analyze=analyze)
     return batch
-
-
-def _map_operators(ds: Any, ops: list[tuple[Operator, Any]], batch_size: int, analyze: bool,
-                   cpu_cap: float | None = None, start: bool = False) -> Any:
-    """The per-batch operators of a segment as map_batches calls. Consecutive plain-task
-    operators that ask for the same resources and batch size are one call (one function
-    applying them in turn, with the stage start before the first when `start`): Ray would
-    fuse them into one task anyway, but re-batch the rows between them, which on cheap
-    operators costs as much as the operators (docs/benchmarks.md, Runner overhead)."""
-    chain: list[Operator] = []
-    chain_kwargs: dict[str, Any] | None = None
-
-    def flush(ds: Any) -> Any:
-        nonlocal start, chain_kwargs
-        if chain or start:
-            fn = functools.partial(_apply_chain, list(chain), analyze=analyze, start=start)
-            kwargs = chain_kwargs if chain else {"batch_format": "pyarrow", "batch_size": batch_size}
-            ds = ds.map_batches(fn, **kwargs)
-            start = False
-        chain.clear()
-        chain_kwargs = None
-        return ds
-
-    for op, spec in ops:
-        kwargs = _task_kwargs(op, spec, batch_size, cpu_cap)
-        if _runs_as_actor(op, spec):
-            ds = flush(ds)
-            ds = _map_actor(ds, op, spec, analyze, kwargs)
-            continue
-        if chain and kwargs != chain_kwargs:
-            ds = flush(ds)
-        if start and not chain and kwargs["batch_size"] != batch_size:
-            ds = flush(ds)  # the stage start keeps the stage's batch size
-        chain.append(op)
-        chain_kwargs = kwargs
-    return flush(ds)
-
-
-def _map_actor(ds: Any, op: Operator, spec: Any, analyze: bool, kwargs: dict[str, Any]) -> Any:
-    """An operator with a setup() (a model) or GPUs: an actor pool that grows, by default, to
-    as many actors as the cluster can hold at once."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    cluster = ray.cluster_resources()
-    if kwargs.get("num_gpus"):
-        fits = int(cluster.get("GPU", 0) // kwargs["num_gpus"])
-    else:
-        fits = int(max(1.0, cluster.get("CPU", 1) - 1) // max(kwargs["num_cpus"], 0.01))
-    max_size = spec.resources.concurrency or max(1, fits)
-    return ds.map_batches(
-        _ActorOperator,
-        fn_constructor_kwargs={"name": op.name, "params": spec.params, "label": op.label, "analyze": analyze},
-        compute=ActorPoolStrategy(min_size=1, max_size=max_size),
-        **kwargs,
-    )
 
 
 def _label_operators(stage: StageSpec) -> list[tuple[Operator, Any]]:
@@ -782,126 +325,6 @@ def check_free_space(run_dir: Path | storage.Location, files: list[InputFile], s
                           "space or point run.output elsewhere")
 
 
-# --------------------------------------------------------------------------- the Ray engine
-
-
-def _parts_sink(fn: Callable[[Iterator[pa.Table], int], Any]):
-    from ray.data import Datasink
-
-    class PartsSink(Datasink):
-        """`fn` over each write task's blocks; the results in task order."""
-
-        def __init__(self) -> None:
-            self.results: list[Any] = []
-
-        def write(self, blocks: Iterable[Any], ctx: Any) -> Any:
-            tables = (block if isinstance(block, pa.Table) else pa.Table.from_pandas(block) for block in blocks)
-            return fn(tables, ctx.task_idx)
-
-        def on_write_complete(self, write_result: Any) -> None:
-            self.results = list(write_result.write_returns or [])
-
-        def get_name(self) -> str:
-            return "KilnWriteParts"
-
-    return PartsSink()
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
-
-
-class RayEngine:
-    """The Ray Data engine (the protocol is pipeline/engine.py): datasets read by read tasks
-    per group of files, per-batch operators as fused `map_batches` tasks (actor pools for GPU
-    operators), writes through Datasinks, plain Ray tasks for the global operators' exchanges."""
-
-    name = "ray"
-
-    def __init__(self, session: RaySession, batch_size: int) -> None:
-        self.session = session
-        self.batch_size = batch_size
-        self.num_cpus = session.num_cpus
-        self.claims: Any = None  # the IdClaims actor of the stage reading the inputs, if any
-
-    @classmethod
-    def start(cls, config: PipelineConfig, request: RunRequest) -> RayEngine:
-        if request.master:
-            raise KilnError("--master names a Spark cluster: add --engine spark (Ray joins a cluster with --address)")
-        # kiln prints its own progress lines (pipeline/progress.py), not Ray Data's bars.
-        return cls(connect_ray(config, request.address, request.num_cpus, progress=False), config.ray.batch_size)
-
-    def read_inputs(self, config: PipelineConfig) -> Any:
-        ds, self.claims = read_inputs_dataset(config, self.num_cpus)
-        return ds
-
-    def read_stage(self, folder: str | os.PathLike) -> Any:
-        return read_stage_dataset(folder, self.batch_size, self.num_cpus)
-
-    def from_file_groups(self, groups: list[list[Any]], sizes: list[int],
-                         read: Callable[[list[Any]], Iterable[pa.Table]], schema: pa.Schema) -> Any:
-        return _file_groups_dataset(groups, sizes, read, schema)
-
-    def map_operators(self, frame: Any, ops: list[tuple[Operator, Any]], batch_size: int, analyze: bool,
-                      start: bool) -> Any:
-        return _map_operators(frame, ops, batch_size, analyze, self.cpu_cap, start=start)
-
-    def map_batches(self, frame: Any, fn: Callable[[pa.Table], pa.Table], batch_size: int) -> Any:
-        return frame.map_batches(fn, batch_format="pyarrow", batch_size=batch_size)
-
-    def schema_names(self, frame: Any) -> list[str]:
-        schema = frame.schema()
-        return list(schema.names) if schema is not None else []
-
-    def write_stage(self, frame: Any, data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool,
-                    progress: Any) -> dict[str, Any]:
-        sink = _make_sink(data_dir, rejected_dir, prefix, count_would_reject=count_would_reject, progress=progress)
-        frame.write_datasink(sink)
-        return sink.counts
-
-    def write_parts(self, frame: Any, fn: Callable[[Iterator[pa.Table], int], Any]) -> list[Any]:
-        sink = _parts_sink(fn)
-        frame.write_datasink(sink)
-        return sink.results
-
-    def map_files(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
-        import ray
-
-        if not items:
-            return []
-        # `fn` may be a functools.partial, which ray.remote does not take: a plain task calls
-        # it, and it is put in the object store once for all the tasks.
-        task = ray.remote(num_cpus=1, max_retries=3)(_call)
-        fn_ref = ray.put(fn)
-        return ray.get([task.remote(fn_ref, *item) for item in items])
-
-    def run_one(self, fn: Callable[..., Any], *args: Any) -> Any:
-        import ray
-
-        return ray.get(ray.remote(num_cpus=1, max_retries=1)(_call).remote(fn, *args))
-
-    def progress_counters(self) -> tuple[Callable[[], Any], Callable[[Any], tuple[int, int]]] | None:
-        return _ProgressCounters(), _read_progress
-
-    cpu_cap: float | None = None
-
-    def prepare_stage(self, ops: list[tuple[Operator, Any]]) -> None:
-        self.cpu_cap = actor_cpu_cap(ops, self.num_cpus)  # Ray runs every operator kiln has
-
-    def after_stage(self) -> None:
-        if self.claims is not None:
-            import ray
-
-            ray.kill(self.claims)
-            self.claims = None
-
-    def logs_hint(self) -> str:
-        return f"full trace in {_ray_logs_dir()}/ray-data/ray-data.log"
-
-    def close(self) -> None:
-        self.session.close()
-
-
 class Runner:
     def __init__(self, config: PipelineConfig, request: RunRequest, echo: Callable[[str], None] = print) -> None:
         self.config = config
@@ -909,7 +332,7 @@ class Runner:
         self.echo = echo
         self.run_dir = output_dir(config, request.analyze)
         self.dirs = stage_dirs(config, request.analyze)
-        self.engine: Any = None  # pipeline/engine.py: started once some stage is to run
+        self.engine: Any = None  # pipeline/engines/__init__.py: started once some stage is to run
         self.progress = ProgressReporter(echo, 0)
 
     def run(self) -> dict[str, Any]:
@@ -935,7 +358,7 @@ class Runner:
             if not planned:
                 self._write_config()
                 return self.write_run_stats()
-            from pipeline.engine import open_engine
+            from pipeline.engines import open_engine
 
             self.engine = open_engine(self.config, self.request)
             counters = self.engine.progress_counters()

@@ -45,7 +45,7 @@ def spark_unavailable() -> str | None:
         import pyspark  # noqa: F401
 
         from common.errors import KilnError
-        from pipeline.spark_engine import check_java
+        from pipeline.engines.spark import check_java
     except ImportError:
         return "pyspark is not installed (make setup installs it)"
     try:
@@ -64,8 +64,8 @@ def spark_local():
     if reason:
         pytest.skip(reason)
     from pipeline.config import parse_config
+    from pipeline.engines.spark import SparkEngine
     from pipeline.runner import RunRequest
-    from pipeline.spark_engine import SparkEngine
 
     paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys(paths) if p)

@@ -27,8 +27,8 @@ from common import storage
 from common.errors import KilnError
 from pipeline.cli import main
 from pipeline.report import ReportOptions, build_report, write_report
-from pipeline.report_data import histogram, take_rows, tally
-from pipeline.report_eval import (
+from pipeline.report.data import histogram, take_rows, tally
+from pipeline.report.eval import (
     DEFAULT_THRESHOLDS,
     EvalOptions,
     binomial_upper_bound,
@@ -389,7 +389,7 @@ def test_missing_stage_folder_is_a_note_not_a_crash(pipeline_run, tmp_path):
 
 
 def test_plot_labels_keep_punctuation_and_escape_cjk_only_without_a_cjk_font(monkeypatch):
-    from pipeline import report_html
+    from pipeline.report import html as report_html
 
     monkeypatch.setattr(report_html, "_cjk_font", None)  # looked up: none installed
     assert report_html.plot_label("01-normalize · read") == "01-normalize · read"

@@ -14,7 +14,7 @@ import pytest
 import report_runs
 
 from pipeline.report import write_report
-from pipeline.report_browser import check_page, find_chromium
+from pipeline.report.browser import check_page, find_chromium
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None,

@@ -14,7 +14,7 @@ from common import storage
 from common.errors import KilnError, StageError
 from operators.base import GlobalOperator, Mapper, Params
 from operators.registry import register
-from pipeline import runner
+from pipeline.engines import ray as ray_engine
 from pipeline.global_ops import global_executor, mark_rejected
 from pipeline.verify import verify_run
 
@@ -200,7 +200,7 @@ def test_verify_catches_a_lost_document(run_config, corpus):
 def test_only_gpu_operators_run_as_actor_pools_which_leave_a_cpu_for_reading():
     from operators.base import Mapper as _Mapper
     from pipeline.config import OpSpec, Resources
-    from pipeline.runner import actor_cpu_cap
+    from pipeline.engines.ray import actor_cpu_cap
 
     class Model(_Mapper):
         name = "test_model"
@@ -250,7 +250,7 @@ def test_a_model_operator_loads_once_per_process_and_lets_go_of_a_finished_stage
 
 def test_an_operator_no_node_can_hold_is_refused_with_its_yaml_path():
     from pipeline.config import OpSpec, Resources
-    from pipeline.runner import check_fits
+    from pipeline.engines.ray import check_fits
 
     spec = OpSpec(name="x", params={}, resources=Resources(num_gpus=1), where="stages[2].ops[0].perplexity")
     cpu_nodes = [{"CPU": 2.0, "memory": 8e9}, {"CPU": 1.0, "memory": 4e9}]
@@ -267,7 +267,7 @@ def test_an_unreachable_cluster_address_fails_fast():
     import socket
     import time
 
-    from pipeline.runner import check_reachable
+    from pipeline.engines.ray import check_reachable
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -289,7 +289,7 @@ def test_repeated_ids_across_files_and_read_tasks_become_unique_and_dedup_adds_u
     2 rejected` and `kiln run` exited 0. One read task keeps the claims itself; several ask
     one IdClaims actor, each batch's claim overlapping the next batch's read (issue 14)."""
     if read_tasks == "several":
-        monkeypatch.setattr(runner, "MIN_READ_BYTES", 1)  # every file its own read task
+        monkeypatch.setattr(ray_engine, "MIN_READ_BYTES", 1)  # every file its own read task
     lines = (shared_data / "zh_uer_corpora/corpora/CLUECorpusSmall_sampled.txt").read_text().splitlines()[:20]
     (tmp_path / "in").mkdir()
     records = [json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) for i, t in enumerate(lines)]

@@ -1,4 +1,4 @@
-"""The Spark engine (`kiln run --engine spark`, pipeline/spark_engine.py) against the Ray engine.
+"""The Spark engine (`kiln run --engine spark`, pipeline/engines/spark.py) against the Ray engine.
 
 The same config on both engines must give the same run: the same kept ids and the same
 rejected (id, reject_op, reject_reason) in every stage, `kiln verify` passing, resume skipping
@@ -100,7 +100,7 @@ def test_engine_key_is_validated_with_its_yaml_path():
 
 
 def test_engine_flag_wins_over_the_config():
-    from pipeline.engine import choose_engine
+    from pipeline.engines import choose_engine
 
     config = parse_config({"run": {"engine": "spark"}, "inputs": [{"path": "x.jsonl"}],
                            "stages": [{"name": "s", "ops": [{"normalize": {}}]}]})
@@ -109,7 +109,7 @@ def test_engine_flag_wins_over_the_config():
 
 
 def test_java_version_is_read_from_java_dash_version():
-    from pipeline.spark_engine import java_major
+    from pipeline.engines.spark import java_major
 
     assert java_major('openjdk version "17.0.15" 2025-04-15') == 17
     assert java_major('java version "1.8.0_392"') == 8
@@ -118,7 +118,7 @@ def test_java_version_is_read_from_java_dash_version():
 
 
 def test_missing_java_is_one_line(monkeypatch, tmp_path):
-    from pipeline.spark_engine import JAVA_HINT, check_java
+    from pipeline.engines.spark import JAVA_HINT, check_java
 
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
@@ -128,7 +128,7 @@ def test_missing_java_is_one_line(monkeypatch, tmp_path):
 
 
 def test_too_old_java_names_its_version(monkeypatch, tmp_path):
-    from pipeline.spark_engine import check_java
+    from pipeline.engines.spark import check_java
 
     fake = tmp_path / "bin" / "java"
     fake.parent.mkdir()
@@ -140,8 +140,8 @@ def test_too_old_java_names_its_version(monkeypatch, tmp_path):
 
 
 def test_spark_options_do_not_mix_with_ray_ones(tmp_path, small_corpus):
-    from pipeline.runner import RayEngine
-    from pipeline.spark_engine import SparkEngine
+    from pipeline.engines.ray import RayEngine
+    from pipeline.engines.spark import SparkEngine
 
     config = parse_config({"inputs": [{"path": str(small_corpus)}], "stages": [{"name": "s", "ops": [{"normalize": {}}]}]})
     with pytest.raises(KilnError, match="--engine spark"):
@@ -153,7 +153,7 @@ def test_spark_options_do_not_mix_with_ray_ones(tmp_path, small_corpus):
 def test_source_closed_groups_keep_colliding_ids_in_one_task():
     from types import SimpleNamespace
 
-    from pipeline.spark_engine import source_closed_groups
+    from pipeline.engines.spark import source_closed_groups
 
     files = [SimpleNamespace(source=s) for s in ("web", "news", "web", "a", "a:b")]
     groups = source_closed_groups([(f, None) for f in files])

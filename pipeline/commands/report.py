@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from common.errors import KilnError
     from pipeline.report import ReportOptions, print_summary, write_report
-    from pipeline.report_eval import EvalOptions, parse_thresholds
+    from pipeline.report.eval import EvalOptions, parse_thresholds
 
     if args.sample_min < 0 or args.sample_max < 1:
         raise KilnError("--sample-min must be >= 0 and --sample-max >= 1")
@@ -58,7 +58,7 @@ def handle(args: argparse.Namespace) -> int:
     else:
         print_summary(result)
     if args.screenshot:
-        from pipeline.report_browser import check_page
+        from pipeline.report.browser import check_page
 
         check = check_page(result.html, screenshot=args.screenshot)
         print(f"chromium: {check.summary()}; screenshot {args.screenshot}")

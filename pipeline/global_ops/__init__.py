@@ -2,7 +2,7 @@
 
 A global operator (`operators.base.GlobalOperator`) holds parameters and pure kernels; its
 executor, registered here under the same name, runs it over the stage's engine
-(`ctx.engine`, pipeline/engine.py): on Ray, a Ray Data `Dataset` built from shuffles,
+(`ctx.engine`, pipeline/engines/__init__.py): on Ray, a Ray Data `Dataset` built from shuffles,
 groupbys and aggregations; on either engine, the gathered form below. Never by collecting
 the corpus on the driver.
 
@@ -20,7 +20,7 @@ file number and row position, which cannot repeat even where document ids do);
 input file (`write_decisions`); `marked_dataset` reads the input files again and applies each
 file's decisions by row position. No shuffle, no join, and no fixed cost of an exchange.
 Above the budget, executors take their distributed form (shuffles, joins by row key).
-These steps go through the stage's engine (`ctx.engine`, pipeline/engine.py), so the gathered
+These steps go through the stage's engine (`ctx.engine`, pipeline/engines/__init__.py), so the gathered
 form runs on Ray and on Spark alike; the distributed form is Ray Data's only.
 
 Between gathered operators of a stage nothing is written: an operator's decisions become an
@@ -87,7 +87,7 @@ class GlobalContext:
     # Set by `marked_dataset`: the overlays that give this operator's output from the same
     # files, so that the runner may hand them to the next operator without writing.
     result_overlays: list[Any] | None = None
-    # The engine running the stage (pipeline/engine.py): executors read, map, write and
+    # The engine running the stage (pipeline/engines/__init__.py): executors read, map, write and
     # exchange through it, so one executor serves Ray and Spark. None: Ray (tests that build
     # a context by hand).
     engine: Any = None
@@ -99,7 +99,7 @@ class GlobalContext:
 
     def get_engine(self) -> Any:
         if self.engine is None:
-            from pipeline.engine import ray_engine_in_process
+            from pipeline.engines import ray_engine_in_process
 
             self.engine = ray_engine_in_process(self.num_cpus, self.batch_size)
         return self.engine
@@ -390,7 +390,8 @@ def keyed_dataset(ctx: GlobalContext) -> ray.data.Dataset:
     """The rows so far with their `ROW_KEY`, for the distributed forms (joins by row key);
     rows an earlier operator rejected pass through unmarked by the join."""
     from common import storage
-    from pipeline.runner import _file_groups_dataset, _group_by_size
+    from pipeline.engines.ray import _file_groups_dataset
+    from pipeline.runner import _group_by_size
 
     files = input_files(ctx)
     schema = storage.unified_schema(files)

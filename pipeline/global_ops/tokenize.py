@@ -1,7 +1,7 @@
 """Executor of `tokenize_pack` (Ray and Spark engines): encode on the workers, plan on the driver from small totals,
 pack and write shards on the workers, write the manifest on the driver.
 
-1. Encode: a write of the stage's rows (`Engine.write_parts`, pipeline/engine.py). Each write task
+1. Encode: a write of the stage's rows (`Engine.write_parts`, pipeline/engines/__init__.py). Each write task
    encodes its blocks (the `tokenizers` encoder is loaded once per worker process), writes
    the rows with `stat.tokens` (documents without tokens rejected as `no_tokens`) to
    `work/rows/`, and the token lists sorted by (bucket, source) to one Arrow file in

@@ -6,8 +6,8 @@ the work happens: the plan, the run lock, temporary stage folders, the count che
 over Arrow batches, writing a stage's rows (kept to `data/`, rejected to `rejected/`, counts
 returned), and the few exchanges global operators need. Two engines implement this protocol:
 
-- Ray (`pipeline.runner.RayEngine`): Ray Data datasets, tasks and actors; the default.
-- Spark (`pipeline.spark_engine.SparkEngine`): DataFrames, `mapInArrow` and Python workers;
+- Ray (`pipeline.engines.ray.RayEngine`): Ray Data datasets, tasks and actors; the default.
+- Spark (`pipeline.engines.spark.SparkEngine`): DataFrames, `mapInArrow` and Python workers;
   `kiln run --engine spark` or `run: {engine: spark}`.
 
 A *frame* is the engine's handle on rows (a Ray `Dataset`, or the Spark engine's lazy frame):
@@ -105,10 +105,10 @@ def open_engine(config: PipelineConfig, request: RunRequest) -> Engine:
     """Start (or join) the engine the run asks for."""
     name = choose_engine(config, request)
     if name == "spark":
-        from pipeline.spark_engine import SparkEngine
+        from pipeline.engines.spark import SparkEngine
 
         return SparkEngine.start(config, request)
-    from pipeline.runner import RayEngine
+    from pipeline.engines.ray import RayEngine
 
     return RayEngine.start(config, request)
 
@@ -116,6 +116,6 @@ def open_engine(config: PipelineConfig, request: RunRequest) -> Engine:
 def ray_engine_in_process(num_cpus: int, batch_size: int) -> Engine:
     """The Ray engine over the Ray this process has already initialised (for executors
     called outside a run, as tests and benchmarks do)."""
-    from pipeline.runner import RayEngine, RaySession
+    from pipeline.engines.ray import RayEngine, RaySession
 
     return RayEngine(RaySession(started_here=False, num_cpus=num_cpus), batch_size)

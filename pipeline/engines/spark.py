@@ -1,6 +1,6 @@
 """The Spark engine: kiln's stages on Apache Spark (`kiln run --engine spark`).
 
-It implements pipeline/engine.py's protocol with PySpark, so the same configs, operators and
+It implements pipeline/engines/__init__.py's protocol with PySpark, so the same configs, operators and
 global executors run on a Spark cluster (YARN, Kubernetes, standalone, Databricks) where no
 Ray cluster exists, and write the same run folder.
 
@@ -188,7 +188,7 @@ def source_closed_groups(pairs: list[tuple[Any, Any]]) -> list[list[tuple[Any, A
 
 
 class SparkEngine:
-    """pipeline/engine.py's protocol on PySpark (see the module docstring)."""
+    """pipeline/engines/__init__.py's protocol on PySpark (see the module docstring)."""
 
     name = "spark"
 

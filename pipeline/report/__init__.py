@@ -2,7 +2,7 @@
 
 The report reads the run folder only: `RUN/stats.json` (the stages' counts, per-operator
 rejections and the statistics global operators leave under `extra`), the stages' parquet
-folders (column by column, see `report_data`), and `RUN/shards/manifest.json` when the run
+folders (column by column, see `pipeline.report.data`), and `RUN/shards/manifest.json` when the run
 tokenized. It writes `RUN/report/report.json` (every number on the page) and
 `RUN/report/index.html` (plots embedded as SVG data URIs, no script, no network), and
 prints a terminal summary.
@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from common import storage
 from common.errors import KilnError
 from operators.base import REJECT_DETAIL, REJECT_OP, REJECT_REASON, WOULD_REJECT
-from pipeline.report_data import (
+from pipeline.report.data import (
     files_of,
     flagged,
     histogram,
@@ -45,7 +45,7 @@ from pipeline.report_data import (
     take_rows,
     tally,
 )
-from pipeline.report_eval import EvalOptions, evaluate, excerpt
+from pipeline.report.eval import EvalOptions, evaluate, excerpt
 
 REPORT_VERSION = 1
 PPL_COLUMN = "stat.ppl"
@@ -506,7 +506,7 @@ def build_report(run_dir: str | os.PathLike, options: ReportOptions | None = Non
 
 def write_report(run_dir: str | os.PathLike, options: ReportOptions | None = None) -> ReportResult:
     """Build the report and write index.html and report.json (atomically)."""
-    from pipeline.report_html import render_html
+    from pipeline.report.html import render_html
 
     options = options or ReportOptions()
     model = build_report(run_dir, options)

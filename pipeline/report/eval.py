@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import KilnError
-from pipeline.report_data import (
+from pipeline.report.data import (
     files_of,
     histogram,
     numeric_values,
