@@ -253,7 +253,8 @@ def local_clusters(ids: list[str], texts: list[str], params: kernels.MinHashPara
     sigs = kernels.signatures_from_bytes(nodes.column("sig"), params.num_perm)
     bands, rows = params.band_rows
     a, b = executors._star_edges_by_band(kernels.band_keys(sigs, bands, rows), nodes.column("node").to_numpy(),
-                                         nodes.column("earlier").to_numpy(zero_copy_only=False))
+                                         nodes.column("earlier").to_numpy(zero_copy_only=False),
+                                         executors._center_keys(nodes.column("id")))
     if params.verify_threshold is not None:
         keep = executors._verified(sigs, a, b, params.verify_threshold)
         a, b = a[keep], b[keep]

@@ -186,9 +186,34 @@ def test_group_decisions_keep_smallest_rank_and_count_sizes():
 
 def test_bucket_edges_are_stars_and_skip_earlier_only_buckets():
     block = pa.table({"band": pa.array([7, 7, 7, 8, 9, 9], pa.int64()), "node": pa.array([30, 10, 20, 40, 50, 60], pa.int64()),
-                      "earlier": [False, False, False, False, True, True]})
+                      "earlier": [False, False, False, False, True, True],
+                      "center": pa.array([5, 9, 1, 0, 0, 0], pa.int64())})
     edges = executors._bucket_edges(block)
-    assert sorted(zip(edges.column("a").to_pylist(), edges.column("b").to_pylist())) == [(20, 10), (30, 10)]
+    # Node 20 has the smallest centre key of bucket 7: the star's centre, whatever the nodes.
+    assert sorted(zip(edges.column("a").to_pylist(), edges.column("b").to_pylist())) == [(10, 20), (30, 20)]
+
+
+def test_star_centres_do_not_depend_on_how_rows_are_numbered(shared_data):
+    # The same documents numbered in two orders (as two file layouts would): the same
+    # candidate pairs by id, in the gathered form's star edges.
+    texts = _bbc(shared_data, 30)
+    words = texts[0].split()
+    texts += [" ".join(words[:-k]) for k in (2, 3, 4)] + [texts[1] + " more", texts[1] + " again"]
+    ids = [f"d{i}" for i in range(len(texts))]
+    params = MinHashParams(threshold=0.7)
+    bands, rows = params.band_rows
+    found = []
+    for order in (list(range(len(ids))), list(reversed(range(len(ids))))):
+        batch = pa.table({"id": [ids[i] for i in order], "text": [texts[i] for i in order],
+                          executors.ROW_KEY: np.arange(len(ids), dtype=np.int64)})
+        nodes = executors._signature_rows(batch, params)
+        sigs = kernels.signatures_from_bytes(nodes.column("sig"), params.num_perm)
+        a, b = executors._star_edges_by_band(kernels.band_keys(sigs, bands, rows), nodes.column("node").to_numpy(),
+                                             nodes.column("earlier").to_numpy(zero_copy_only=False),
+                                             executors._center_keys(nodes.column("id")))
+        node_ids = nodes.column("id").to_pylist()
+        found.append(sorted((node_ids[x], node_ids[y]) for x, y in zip(a.tolist(), b.tolist())))
+    assert found[0] == found[1] and len(found[0]) >= 4
 
 
 # --------------------------------------------------------------------------- connected components

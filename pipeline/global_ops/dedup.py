@@ -442,7 +442,17 @@ def _load_earlier(indexes: list[tuple[int, list[str]]], num_perm: int) -> list[A
 
 # --------------------------------------------------------------------------- MinHash: candidates
 
-BAND_SCHEMA = pa.schema([("band", pa.int64()), ("node", pa.int64()), ("earlier", pa.bool_())])
+BAND_SCHEMA = pa.schema([("band", pa.int64()), ("node", pa.int64()), ("earlier", pa.bool_()), ("center", pa.int64())])
+
+
+def _center_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The order in which a bucket's members compete to be its star's centre: a 64-bit hash
+    of the document id. Row keys (input file and position) would do within one run, but they
+    depend on how the rows happen to be split into files, which differs between engines and
+    between a stage that reads the previous stage's files and one that reads a scratch copy:
+    the star edges, so the candidate pairs and a few borderline clusters, moved with them."""
+    high, _ = kernels.hash128(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+    return high.view(np.int64)
 EDGE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
 
 
@@ -452,17 +462,19 @@ def _band_rows(batch: pa.Table, bands: int, rows: int, num_perm: int) -> pa.Tabl
     nodes = batch.column("node").to_numpy()
     earlier = batch.column("earlier").to_numpy(zero_copy_only=False)
     return pa.Table.from_arrays([pa.array(keys.reshape(-1).view(np.int64)), pa.array(np.repeat(nodes, bands)),
-                                 pa.array(np.repeat(earlier, bands))], schema=BAND_SCHEMA)
+                                 pa.array(np.repeat(earlier, bands)),
+                                 pa.array(np.repeat(_center_keys(batch.column("id")), bands))], schema=BAND_SCHEMA)
 
 
 def _bucket_edges(block: pa.Table) -> pa.Table:
-    """Star edges of every bucket with two or more documents (not among earlier ones only)."""
+    """Star edges of every bucket with two or more documents (not among earlier ones only),
+    each member linked to the member with the smallest centre key (`_center_keys`)."""
     if block.num_rows == 0:
         return EDGE_SCHEMA.empty_table()
     band = block.column("band").to_numpy()
     node = block.column("node").to_numpy()
     earlier = block.column("earlier").to_numpy(zero_copy_only=False)
-    order = np.lexsort((node, band))
+    order = np.lexsort((node, block.column("center").to_numpy(), band))
     band, node, earlier = band[order], node[order], earlier[order]
     start = kernels.group_starts([band])
     group = np.cumsum(start) - 1
@@ -709,15 +721,17 @@ def _cluster_decisions(block: pa.Table, threshold: float) -> pa.Table:
 # --------------------------------------------------------------------------- MinHash: gathered form
 
 
-def _star_edges_by_band(band_keys: np.ndarray, nodes: np.ndarray, earlier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _star_edges_by_band(band_keys: np.ndarray, nodes: np.ndarray, earlier: np.ndarray,
+                        centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (as row indexes) of every band: in each bucket of two or more
-    documents, every member linked to the member with the smallest node, as the distributed
+    documents, every member linked to the member with the smallest centre key
+    (`_center_keys`, then node), as the distributed
     form's `_bucket_edges` links them (so both forms verify the same pairs); buckets of
     earlier documents only give nothing. Each pair once."""
     n = len(nodes)
     parts_a, parts_b = [], []
     for band in range(band_keys.shape[1]):
-        order = np.lexsort((nodes, band_keys[:, band]))
+        order = np.lexsort((nodes, centers, band_keys[:, band]))
         start = kernels.group_starts([band_keys[order, band]])
         first = order[np.flatnonzero(start)[np.cumsum(start) - 1]]
         keep = ~start & ~(earlier[order] & earlier[first])
@@ -800,7 +814,8 @@ def _cluster_in_one_task(signature_files: list[str], earlier: list[tuple[int, li
     nodes, sigs = _gather_nodes(signature_files, earlier, num_perm)
     node_keys = nodes.column("node").to_numpy()
     earlier_mask = nodes.column("earlier").to_numpy(zero_copy_only=False)
-    a, b = _star_edges_by_band(kernels.band_keys(sigs, bands, rows), node_keys, earlier_mask)
+    a, b = _star_edges_by_band(kernels.band_keys(sigs, bands, rows), node_keys, earlier_mask,
+                               _center_keys(nodes.column("id")))
     candidates = len(a)
     phases["lsh_buckets"] = round(time.perf_counter() - clock, 3)
     if params.verify_threshold is not None and candidates:
