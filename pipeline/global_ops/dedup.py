@@ -7,8 +7,8 @@ Gathered (the default, up to millions of documents on one machine): the narrow c
 decision needs (a 128-bit key and rank key for exact/URL; row key, rank key and signature for
 MinHash) are computed from the input files in plain Ray tasks, one per file, then one task
 decides, as datatrove, rensa and datasketch do: a hash sort of the keys (exact/URL), or, for
-MinHash, per band a sort of band keys giving star edges (member -> bucket's first document),
-verification of every candidate pair by its signatures, and connected components
+MinHash, per band a sort of band keys giving star edges (member -> the bucket's member with the
+smallest id hash), verification of every candidate pair by its signatures, and connected components
 (scipy.sparse.csgraph) whose survivor is each component's smallest rank key. Its decision
 table is applied to the rows by row key (input file and row position): no shuffle, no join.
 
