@@ -23,6 +23,7 @@ node of a cluster reads the same data.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import fnmatch
 import glob
 import gzip
@@ -81,6 +82,10 @@ class InputFile:
     source: str
     spec_index: int
     size: int
+    # A parquet file too big for one read task is read in parts, each a range of its row
+    # groups (`split_parquet_files`); `first_row` is the part's first row in the file.
+    row_groups: tuple[int, int] | None = None
+    first_row: int = 0
 
 
 def _split_suffixes(path: str) -> tuple[str | None, str | None]:
@@ -264,20 +269,12 @@ def _iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 def read_file(file: InputFile, spec: InputSpec, batch_rows: int = BATCH_ROWS,
               batch_bytes: int = BATCH_BYTES) -> Iterator[pa.Table]:
     """Yield document batches (DOC_SCHEMA) for one input file."""
-    batcher = _Batcher(batch_rows, batch_bytes)
     if file.format == "parquet":
-        rows: Iterable[dict[str, Any]] = _parquet_rows(file, spec)
+        yield from _parquet_batches(file, spec, batch_rows, batch_bytes)
     elif file.format in readers_web.FORMATS:
-        rows = readers_web.web_rows(file, spec)
+        yield from _rows_in_batches(readers_web.web_rows(file, spec), batch_rows, batch_bytes)
     else:
-        rows = _stream_rows(file, spec)
-    for row in rows:
-        table = batcher.add(**row)
-        if table is not None:
-            yield table
-    table = batcher.flush()
-    if table is not None:
-        yield table
+        yield from _rows_in_batches(_stream_rows(file, spec), batch_rows, batch_bytes)
 
 
 def _reject(file: InputFile, where: str, reason: str, detail: str, text: str) -> dict[str, Any]:
@@ -408,13 +405,135 @@ def _record_row(file: InputFile, spec: InputSpec, where: str, detail: str, recor
             "url": url, "meta": meta}
 
 
-def _parquet_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
+def _parquet_batches(file: InputFile, spec: InputSpec, batch_rows: int, batch_bytes: int) -> Iterator[pa.Table]:
+    """A parquet input, a batch at a time, columnar: the usual row (valid string text, not
+    empty or whitespace, not over `max_doc_bytes`) is built with Arrow kernels; rows that are
+    rejected, and inputs whose fields are nested (dotted names), go through `_record_row`
+    one by one, so both give the same rows."""
     parquet = storage.parquet_file(file.path)
-    row = 0
-    for batch in parquet.iter_batches(batch_size=4096):
+    schema = parquet.schema_arrow
+    names = schema.names
+    text_field = spec.html_field or spec.text_field
+    plain = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer)
+    nested = any("." in f for f in (text_field, spec.id_field, spec.url_field) if f)
+    odd_types = any(f in names and not any(is_type(schema.field(f).type) for is_type in plain)
+                    for f in (spec.id_field, spec.url_field) if f)  # str() of a float, a bool, ...
+    if nested or odd_types:
+        yield from _rows_in_batches(_parquet_rows(file, spec), batch_rows, batch_bytes)
+        return
+    row_groups = (list(range(*file.row_groups)) if file.row_groups is not None
+                  else list(range(parquet.metadata.num_row_groups)))
+    row = file.first_row
+    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups):
+        table = _columnar_rows(file, spec, pa.Table.from_batches([batch]), row, text_field, names)
+        row += table.num_rows
+        # Within `batch_bytes` like the other readers, however long the documents are.
+        pieces = max(1, -(-table.nbytes // batch_bytes))
+        step = -(-table.num_rows // pieces)
+        for start in range(0, table.num_rows, step):
+            yield table.slice(start, step)
+
+
+# Python's str.isspace() characters (what `_record_row`'s `not text.strip()` tests), in RE2.
+_ONLY_WHITESPACE = r"^[\t-\r\x1c-\x1f\x85\pZ]*$"
+
+
+def _columnar_rows(file: InputFile, spec: InputSpec, table: pa.Table, first_row: int, text_field: str,
+                   names: list[str]) -> pa.Table:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    text = table.column(text_field) if text_field in names else None
+    if text is None or not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        usable = np.zeros(n, dtype=bool)
+    else:
+        text = text.cast(pa.string())
+        usable = pc.and_(pc.and_(pc.is_valid(text), pc.invert(pc.match_substring_regex(text, _ONLY_WHITESPACE))),
+                         pc.less_equal(pc.binary_length(text), spec.max_doc_bytes))
+        usable = usable.fill_null(False).to_numpy(zero_copy_only=False)
+    keep = np.flatnonzero(usable)
+    good = table.take(pa.array(keep))
+    rows = pa.array(keep + first_row + 1)  # 1-based row numbers in the file
+    where = pc.binary_join_element_wise(pa.scalar(file.relative), rows.cast(pa.string()), ":")
+    doc_id = where
+    if spec.id_field and spec.id_field in names:
+        given = good.column(spec.id_field).cast(pa.string())
+        doc_id = pc.if_else(pc.and_kleene(pc.is_valid(given), pc.not_equal(given, "")), given, where)
+    columns: dict[str, Any] = {
+        "id": pc.binary_join_element_wise(pa.scalar(file.source), doc_id, ":"),
+        "text": good.column(text_field).cast(pa.string()),
+        "source": pa.nulls(len(keep), pa.string()).fill_null(file.source),
+        "lang": pa.nulls(len(keep), pa.string()) if spec.lang is None else
+        pa.nulls(len(keep), pa.string()).fill_null(spec.lang),
+        "url": (good.column(spec.url_field).cast(pa.string()) if spec.url_field and spec.url_field in names
+                else pa.nulls(len(keep), pa.string())),
+    }
+    if spec.keep_meta:
+        skip = {text_field, spec.id_field, spec.url_field}
+        rest = [name for name in names if name not in skip]
+        if rest:
+            metas = [orjson.dumps(record, default=str).decode() if record else None
+                     for record in good.select(rest).to_pylist()]
+            columns["meta"] = pa.array(metas, pa.string())
+    fast = pa.table({field.name: columns.get(field.name, pa.nulls(len(keep), field.type)) for field in DOC_SCHEMA},
+                    schema=DOC_SCHEMA)
+    if len(keep) == n:
+        return fast
+    # The rejected few, one by one as `_record_row` makes them, put back in file order.
+    others = np.flatnonzero(~usable)
+    batcher = _Batcher(len(others) + 1, 1 << 62)
+    for position, record in zip(others.tolist(), table.take(pa.array(others)).to_pylist()):
+        row = first_row + position + 1
+        batcher.add(**_record_row(file, spec, f"{file.relative}:{row}", f":row {row}", record))
+    slow = batcher.flush()
+    order = np.argsort(np.concatenate([keep, others]), kind="stable")
+    return pa.concat_tables([fast, slow]).take(pa.array(order))
+
+
+def _rows_in_batches(rows: Iterable[dict[str, Any]], batch_rows: int, batch_bytes: int) -> Iterator[pa.Table]:
+    batcher = _Batcher(batch_rows, batch_bytes)
+    for row in rows:
+        table = batcher.add(**row)
+        if table is not None:
+            yield table
+    table = batcher.flush()
+    if table is not None:
+        yield table
+
+
+def _parquet_rows(file: InputFile, spec: InputSpec) -> Iterator[dict[str, Any]]:
+    """A parquet input row by row (nested fields; and the reference the columnar path is
+    tested against)."""
+    parquet = storage.parquet_file(file.path)
+    row = file.first_row
+    row_groups = list(range(*file.row_groups)) if file.row_groups is not None else None
+    for batch in parquet.iter_batches(batch_size=4096, row_groups=row_groups):
         for record in batch.to_pylist():
             row += 1
             yield _record_row(file, spec, f"{file.relative}:{row}", f":row {row}", record)
+
+
+def split_parquet_files(files: list[InputFile], target_bytes: int) -> list[InputFile]:
+    """Parquet inputs larger than `target_bytes` as parts of whole row groups of about that
+    size (on disk), so that one big file is read by several tasks; other files as they are."""
+    parts: list[InputFile] = []
+    for file in files:
+        if file.format != "parquet" or file.size <= target_bytes:
+            parts.append(file)
+            continue
+        metadata = storage.parquet_file(file.path).metadata
+        groups = [metadata.row_group(g) for g in range(metadata.num_row_groups)]
+        total = sum(g.total_byte_size for g in groups) or 1
+        start, first_row, rows, size = 0, 0, 0, 0
+        for number, group in enumerate(groups):
+            rows += group.num_rows
+            size += group.total_byte_size
+            if size * file.size >= target_bytes * total or number == len(groups) - 1:
+                parts.append(dataclasses.replace(file, row_groups=(start, number + 1), first_row=first_row,
+                                                 size=max(1, file.size * size // total)))
+                start, first_row, rows, size = number + 1, first_row + rows, 0, 0
+    return parts
 
 
 def read_inputs(specs: list[InputSpec], batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:

@@ -467,10 +467,14 @@ class Runner:
         # Where ds's rows can be read from file by file: a folder of parquet files and the
         # overlays that turn its rows into ds's (global_ops.BatchOverlay, FileDecisions), or
         # None when ds has operators applied that no file holds yet.
-        files_dir: Path | None = None
+        files_dir: Path | Any = None
         overlays: list[Any] = []
         if index > 0:
             files_dir = self.dirs[index - 1] / storage.DATA
+        elif ops and ops[0][0].kind == "global" and reads_files(ops[0][0].name):
+            # Stage 1 starts with a gathered operator: it reads the input files in place, as
+            # later stages read the previous stage's files; no scratch copy of the inputs.
+            files_dir = engine.input_units(self.config, tmp_dir / "_work" / "input-ids")
         op_seconds: dict[str, float] = {}
         for position, (op, spec) in enumerate(ops):
             if op.kind != "global":

@@ -188,3 +188,41 @@ def test_a_utf8_bom_does_not_reject_the_first_line(tmp_path, suffix, opener):
     for mode in ("lines", "file"):
         (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfa plain text line\n")
         assert read(tmp_path, path=str(tmp_path / "bom.txt"), txt_mode=mode).column("text").to_pylist()[0].startswith("a plain")
+
+
+def _real_lines(shared_data, count: int) -> list[str]:
+    path = shared_data / "zh_uer_corpora/corpora/chnsenticorp.txt"
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return lines[:count]
+
+
+def test_parquet_columnar_reader_gives_the_rows_of_the_row_by_row_reader(tmp_path, shared_data):
+    """The columnar parquet path builds the same rows (ids, meta, rejections, order) as
+    `_record_row` one record at a time, on real text with every kind of bad row mixed in."""
+    from common.readers import _parquet_rows, _rows_in_batches, read_file, split_parquet_files
+
+    texts: list = _real_lines(shared_data, 3000)
+    bad = {7: None, 8: "", 9: " \u3000\t\u2028\x1c", 10: "x" * 5000, 11: "\u3000 ok \u00a0"}
+    for position, value in bad.items():
+        texts[position] = value
+    n = len(texts)
+    ids = [f"doc{i}" if i % 5 else (None if i % 10 else "") for i in range(n)]
+    table = pa.table({"id": ids, "text": texts, "url": [f"https://e.x/{i}" if i % 3 else None for i in range(n)],
+                      "stars": list(range(n)), "tags": [["a", "b"] if i % 2 else [] for i in range(n)]})
+    path = tmp_path / "reviews.parquet"
+    pq.write_table(table, path, row_group_size=700)
+    for spec in (InputSpec(path=str(path), id_field="id", source="rv", max_doc_bytes=4096, lang="zh"),
+                 InputSpec(path=str(path), keep_meta=False, url_field=None)):
+        [file] = expand_inputs([spec])
+        columnar = pa.concat_tables(read_file(file, spec, batch_rows=512))
+        rowwise = pa.concat_tables(_rows_in_batches(_parquet_rows(file, spec), 512, 1 << 30))
+        assert columnar.num_rows == n
+        assert columnar.to_pylist() == rowwise.to_pylist()
+        reasons = dict(zip(columnar.column("id").to_pylist(), columnar.column("reject_reason").to_pylist()))
+        assert sum(r is not None for r in reasons.values()) == (4 if spec.max_doc_bytes == 4096 else 3)
+        # Parts of whole row groups: the same rows, ids numbered from each part's first row.
+        parts = split_parquet_files([file], max(1, file.size // 3))
+        assert len(parts) >= 3 and parts[0].first_row == 0
+        assert [p.row_groups for p in parts][-1][1] == pq.ParquetFile(path).metadata.num_row_groups
+        pieces = pa.concat_tables(t for part in parts for t in read_file(part, spec, batch_rows=512))
+        assert pieces.to_pylist() == columnar.to_pylist()

@@ -386,3 +386,37 @@ def test_fused_operators_keep_each_operators_batch_size(run_config, corpus):
     sizes = {name: pc.max(table.column(name)).as_py() for name in table.column_names}
     assert sizes == {"a": 16, "b": 16, "small": 5, "c": 16}, sizes
     assert stats["stages"][0]["docs_in"] == stats["stages"][0]["docs_out"] + stats["stages"][0]["rejected_total"]
+
+
+@pytest.mark.parametrize("read_tasks", ["one", "several"])
+def test_a_first_stage_starting_with_dedup_reads_the_inputs_in_place_with_the_same_ids(
+        run_config, tmp_path, shared_data, monkeypatch, read_tasks, engine):
+    """A stage 1 that starts with a gathered operator reads the input files in place (no
+    scratch copy): the ids are claimed on the first read and replayed on the next, so
+    repeats get the same `#2`/`#3` names, the decisions land on the right rows, and every
+    row is accounted for once."""
+    if read_tasks == "several":
+        monkeypatch.setattr(ray_engine, "MIN_READ_BYTES", 1)  # every file its own read task
+    lines = (shared_data / "zh_uer_corpora/corpora/CLUECorpusSmall_sampled.txt").read_text().splitlines()[:20]
+    (tmp_path / "in").mkdir()
+    records = [json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) for i, t in enumerate(lines)]
+    (tmp_path / "in/a.jsonl").write_text("\n".join(records + records[:2] + ["{not json"]) + "\n")
+    (tmp_path / "in/b.jsonl").write_text("\n".join(records[:3]) + "\n")
+    config = {"ray": {"batch_size": 4},
+              "inputs": [{"path": str(tmp_path / "in"), "source": "web", "id_field": "id"}],
+              "stages": [{"name": "dedup", "ops": [{"exact_dedup": {}}, {"minhash_dedup": {}}]}]}
+    stats, run_dir = run_config(config, engine=engine)
+    stage = stats["stages"][0]
+    assert (stage["docs_in"], stage["docs_out"], stage["rejected_total"]) == (26, 20, 6)
+    assert stage["rejected"] == {"exact_dedup/exact_duplicate": 5, "read/malformed_json": 1}
+    kept = storage.read_table(run_dir / "01-dedup/data", ["id", "text"])
+    rejected = storage.read_table(run_dir / "01-dedup/rejected", ["id", "text", "dup_of"])
+    ids = kept.column("id").to_pylist() + rejected.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 26
+    assert sum(i.endswith("#2") for i in ids) == 3 and sum(i.endswith("#3") for i in ids) == 2
+    # Each rejected copy names a kept row with its very text: decisions hit the rows they name.
+    text_of = dict(zip(kept.column("id").to_pylist(), kept.column("text").to_pylist()))
+    for row in rejected.to_pylist():
+        if row["dup_of"] is not None:
+            assert text_of[row["dup_of"]] == row["text"]
+    assert all(c.ok for c in verify_run(run_dir)), [c.problems for c in verify_run(run_dir)]

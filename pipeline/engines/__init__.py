@@ -42,6 +42,10 @@ class Engine(Protocol):
     def read_inputs(self, config: PipelineConfig) -> Any:
         """The config's inputs as a frame (`common.readers.read_file` per file), ids unique."""
 
+    def input_units(self, config: PipelineConfig, renames_dir: Path) -> Any:
+        """The inputs as `global_ops.InputUnits`: what gathered operators read in place when
+        stage 1 starts with one (ids claimed as `read_inputs` claims them)."""
+
     def read_stage(self, folder: str | Path) -> Any:
         """The parquet files of a folder as a frame with their unified schema."""
 

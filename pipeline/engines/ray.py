@@ -30,7 +30,7 @@ import pyarrow as pa
 from common import storage
 from common.errors import KilnError, StageError
 from common.ids import IdClaims
-from common.readers import DOC_SCHEMA, expand_inputs
+from common.readers import DOC_SCHEMA, expand_inputs, split_parquet_files
 from operators.base import (
     Operator,
     apply_operator,
@@ -38,6 +38,7 @@ from operators.base import (
 from pipeline import stats as stats_lib
 from pipeline.cluster import join_on_loopback
 from pipeline.config import PipelineConfig
+from pipeline.global_ops import InputUnit, InputUnits
 from pipeline.runner import (
     RunRequest,
     _apply_chain,
@@ -270,25 +271,101 @@ def _file_groups_dataset(groups: list[list[Any]], sizes: list[int], read: Callab
     return read_datasource(FileGroups())
 
 
+@dataclass(frozen=True)
+class FileFrame:
+    """Rows that one plain task per file group makes on its own: read the group, then apply
+    per-batch functions in order. `RayEngine.write_stage` runs read, operators and write in
+    that one task (the shape of a Spark `mapInArrow` partition): no Ray Data operator per
+    step, no block handed through the object store between them, which cost kiln's per-batch
+    stages more than their operators did (docs/benchmarks.md). Anything else (a shuffle, a
+    join, an actor pool, an iteration) gets the same rows as a Ray Dataset (`dataset()`);
+    attributes of a Dataset are looked up there."""
+
+    groups: tuple[Any, ...]
+    sizes: tuple[int, ...]
+    read: Callable[[Any], Iterable[pa.Table]]
+    schema: pa.Schema
+    steps: tuple[tuple[Callable[[pa.Table], pa.Table], int], ...] = ()  # (function, batch size)
+
+    def dataset(self) -> Any:
+        ds = _file_groups_dataset(list(self.groups), list(self.sizes), self.read, self.schema)
+        for fn, batch_size in self.steps:
+            ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=batch_size)
+        return ds
+
+    def then(self, fn: Callable[[pa.Table], pa.Table], batch_size: int) -> FileFrame:
+        return FileFrame(self.groups, self.sizes, self.read, self.schema, (*self.steps, (fn, batch_size)))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.dataset(), name)
+
+
+def _frame(groups: list[Any], sizes: list[int], read: Callable[[Any], Iterable[pa.Table]], schema: pa.Schema) -> Any:
+    return FileFrame(tuple(tuple(g) if isinstance(g, list) else g for g in groups), tuple(sizes), read, schema)
+
+
+def _frame_batches(group: Any, read: Callable[[Any], Iterable[pa.Table]],
+                   steps: tuple[tuple[Callable[[pa.Table], pa.Table], int], ...]) -> Iterator[pa.Table]:
+    # The reads yield batches of the stage's batch size; the steps take them as they come.
+    for table in read(list(group) if isinstance(group, tuple) else group):
+        for fn, _ in steps:
+            table = fn(table)
+        yield table
+
+
+def _write_group(index: int, group: Any, read: Callable[[Any], Iterable[pa.Table]],
+                 steps: tuple[tuple[Callable[[pa.Table], pa.Table], int], ...], prefix: str, data_dir: Path, rejected_dir: Path,
+                 count_would_reject: bool, progress: Any) -> dict[str, Any]:
+    """One task of a `FileFrame` write: its group read, mapped and written (`write_split_part`)."""
+    on_block = None
+    if progress is not None:
+        def on_block(rows: int, text_bytes: int) -> None:
+            progress.add.remote(rows, text_bytes)
+    return write_split_part(_frame_batches(group, read, steps), f"{prefix}-{index:05d}.parquet", data_dir,
+                            rejected_dir, count_would_reject, on_block)
+
+
+def input_groups(config: PipelineConfig, num_cpus: int) -> list[list[tuple[Any, Any]]]:
+    """The inputs' (file, spec) pairs in groups of about a read task's size: small files
+    together, a big parquet file in parts of whole row groups."""
+    files = expand_inputs(config.inputs)
+    total = sum(f.size for f in files)
+    target = max(MIN_READ_BYTES, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
+    files = split_parquet_files(files, target)  # one big parquet file is read by several tasks
+    return _group_by_size([(f, config.inputs[f.spec_index]) for f in files], [f.size for f in files], target)
+
+
 def read_inputs_dataset(config: PipelineConfig, num_cpus: int) -> tuple[Any, Any]:
     """The inputs as one Dataset, and the IdClaims actor that makes ids unique across its read
     tasks (None when one task reads everything and keeps the claims itself: no actor to
     start, no round trip per batch); the caller kills the actor after the stage."""
-    files = expand_inputs(config.inputs)
-    pairs = [(f, config.inputs[f.spec_index]) for f in files]
-    total = sum(f.size for f in files)
-    target = max(MIN_READ_BYTES, min(TARGET_READ_BYTES, total // max(1, 4 * num_cpus) + 1))
-    groups = _group_by_size(pairs, [f.size for f in files], target)
+    groups = input_groups(config, num_cpus)
     sizes = [sum(f.size for f, _ in g) for g in groups]
-    claims = None
-    if len(groups) > 1:
+    claims = _claims_actor() if len(groups) > 1 else None
+    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=claims)
+    return _frame(groups, sizes, read, DOC_SCHEMA), claims
+
+
+def _claims_actor() -> Any:
+    import ray
+
+    # One actor holds the ids read so far, for every read task; it goes with the driver's
+    # job. num_cpus=0: it must never wait for a CPU.
+    return ray.remote(num_cpus=0)(IdClaims).remote()
+
+
+@dataclass(frozen=True)
+class ActorClaims:
+    """`IdClaims.claim` through the stage's claims actor (for `InputUnit`s)."""
+
+    actor: Any
+
+    def claim(self, ids: list[str]) -> dict[int, str]:
         import ray
 
-        # One actor holds the ids read so far, for every read task; it goes with the driver's
-        # job. num_cpus=0: it must never wait for a CPU.
-        claims = ray.remote(num_cpus=0)(IdClaims).remote()
-    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=claims)
-    return _file_groups_dataset(groups, sizes, read, DOC_SCHEMA), claims
+        return ray.get(self.actor.claim.remote(ids))
 
 
 def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int):
@@ -305,7 +382,7 @@ def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int
     groups = _group_by_size(files, file_sizes, target)
     sizes = [sum(storage.file_size(f) * 3 for f in g) for g in groups]
     read = functools.partial(_read_parquet_group, schema=schema, batch_rows=batch_rows)
-    return _file_groups_dataset(groups, sizes, read, schema)
+    return _frame(groups, sizes, read, schema)
 
 
 def _make_sink(data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool, progress: Any = None):
@@ -538,7 +615,7 @@ class RayEngine:
         self.session = session
         self.batch_size = batch_size
         self.num_cpus = session.num_cpus
-        self.claims: Any = None  # the IdClaims actor of the stage reading the inputs, if any
+        self.claims: list[Any] = []  # the IdClaims actors of the stage reading the inputs
 
     @classmethod
     def start(cls, config: PipelineConfig, request: RunRequest) -> RayEngine:
@@ -548,21 +625,41 @@ class RayEngine:
         return cls(connect_ray(config, request.address, request.num_cpus, progress=False), config.ray.batch_size)
 
     def read_inputs(self, config: PipelineConfig) -> Any:
-        ds, self.claims = read_inputs_dataset(config, self.num_cpus)
+        ds, claims = read_inputs_dataset(config, self.num_cpus)
+        if claims is not None:
+            self.claims.append(claims)
         return ds
+
+    def input_units(self, config: PipelineConfig, renames_dir: Path) -> InputUnits:
+        groups = input_groups(config, self.num_cpus)
+        claims = None
+        if len(groups) > 1:
+            self.claims.append(_claims_actor())
+            claims = ActorClaims(self.claims[-1])
+        return InputUnits(tuple(InputUnit(tuple(group), claims, str(renames_dir)) for group in groups))
 
     def read_stage(self, folder: str | os.PathLike) -> Any:
         return read_stage_dataset(folder, self.batch_size, self.num_cpus)
 
     def from_file_groups(self, groups: list[list[Any]], sizes: list[int],
                          read: Callable[[list[Any]], Iterable[pa.Table]], schema: pa.Schema) -> Any:
-        return _file_groups_dataset(groups, sizes, read, schema)
+        return _frame(groups, sizes, read, schema)
 
     def map_operators(self, frame: Any, ops: list[tuple[Operator, Any]], batch_size: int, analyze: bool,
                       start: bool) -> Any:
+        plain = {"batch_format": "pyarrow", "batch_size": batch_size, "num_cpus": 1.0}
+        if isinstance(frame, FileFrame) and all(_task_kwargs(op, spec, batch_size, self.cpu_cap) == plain
+                                                and not _runs_as_actor(op, spec) for op, spec in ops):
+            # Operators asking for nothing but a CPU run in the frame's own tasks.
+            return frame.then(functools.partial(_apply_chain, [op for op, _ in ops], analyze=analyze, start=start),
+                              batch_size)
+        if isinstance(frame, FileFrame):
+            frame = frame.dataset()
         return _map_operators(frame, ops, batch_size, analyze, self.cpu_cap, start=start)
 
     def map_batches(self, frame: Any, fn: Callable[[pa.Table], pa.Table], batch_size: int) -> Any:
+        if isinstance(frame, FileFrame):
+            return frame.then(fn, batch_size)
         return frame.map_batches(fn, batch_format="pyarrow", batch_size=batch_size)
 
     def schema_names(self, frame: Any) -> list[str]:
@@ -571,11 +668,19 @@ class RayEngine:
 
     def write_stage(self, frame: Any, data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool,
                     progress: Any) -> dict[str, Any]:
+        if isinstance(frame, FileFrame):
+            task = functools.partial(_write_group, read=frame.read, steps=frame.steps, prefix=prefix,
+                                     data_dir=data_dir, rejected_dir=rejected_dir,
+                                     count_would_reject=count_would_reject, progress=progress)
+            results = self.map_files(task, list(enumerate(frame.groups)))
+            return stats_lib.merge(*results) if results else {}
         sink = _make_sink(data_dir, rejected_dir, prefix, count_would_reject=count_would_reject, progress=progress)
         frame.write_datasink(sink, ray_remote_args=WRITE_TASK_ARGS)
         return sink.counts
 
     def write_parts(self, frame: Any, fn: Callable[[Iterator[pa.Table], int], Any]) -> list[Any]:
+        if isinstance(frame, FileFrame):
+            frame = frame.dataset()
         sink = _parts_sink(fn)
         frame.write_datasink(sink)
         return sink.results
@@ -605,11 +710,11 @@ class RayEngine:
         self.cpu_cap = actor_cpu_cap(ops, self.num_cpus)  # Ray runs every operator kiln has
 
     def after_stage(self) -> None:
-        if self.claims is not None:
-            import ray
+        import ray
 
-            ray.kill(self.claims)
-            self.claims = None
+        for actor in self.claims:
+            ray.kill(actor)
+        self.claims = []
 
     def logs_hint(self) -> str:
         return f"full trace in {_ray_logs_dir()}/ray-data/ray-data.log"

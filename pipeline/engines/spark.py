@@ -258,6 +258,15 @@ class SparkEngine:
         read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=None)
         return self.from_file_groups(groups, [sum(f.size for f, _ in g) for g in groups], read, DOC_SCHEMA)
 
+    def input_units(self, config: PipelineConfig, renames_dir: Path) -> Any:
+        from common.readers import expand_inputs
+        from pipeline.global_ops import InputUnit, InputUnits
+
+        # Source-closed like the reads: each unit claims its own ids, no shared claims needed.
+        files = expand_inputs(config.inputs)
+        groups = source_closed_groups([(f, config.inputs[f.spec_index]) for f in files])
+        return InputUnits(tuple(InputUnit(tuple(group), None, str(renames_dir)) for group in groups))
+
     def read_stage(self, folder: str | os.PathLike) -> SparkFrame:
         from common.readers import DOC_SCHEMA
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +78,7 @@ class GlobalContext:
     extra: dict[str, Any] = field(default_factory=dict)  # executor statistics for stats.json
     # The folder of parquet files holding the rows so far (what `ds` reads), for gathered
     # execution by row key; and the memory a gathered step may use in its one task.
-    input_dir: Path | None = None
+    input_dir: Path | InputUnits | None = None
     memory_budget: int = 2 << 30
     # What turns the rows of `input_dir`'s files into the rows so far, batch by batch, in
     # order: the stage start, and the decisions of earlier gathered operators of the stage,
@@ -202,13 +202,104 @@ _POSITION_MASK = (1 << _FILE_SHIFT) - 1
 DECISION_POSITION = "_position"
 
 
-def input_files(ctx: GlobalContext) -> list[str]:
-    """The parquet files of the rows so far, in the order row keys number them."""
+def input_files(ctx: GlobalContext) -> list[Any]:
+    """The files of the rows so far, in the order row keys number them: parquet paths, or
+    the stage-1 input units (`InputUnits`)."""
     from common import storage
 
     if ctx.input_dir is None:
         raise RuntimeError("gathered execution needs ctx.input_dir (set by the runner)")
+    if isinstance(ctx.input_dir, InputUnits):
+        return list(ctx.input_dir.units)
     return storage.parquet_files(ctx.input_dir)
+
+
+def _files_schema_sizes(ctx: GlobalContext) -> tuple[list[Any], pa.Schema | None, list[int]]:
+    """`input_files`, the schema their rows are read in, and their estimated sizes in memory."""
+    from common import storage
+
+    files = input_files(ctx)
+    if isinstance(ctx.input_dir, InputUnits):
+        return files, InputUnit.schema(), [unit.size for unit in files]
+    schema = storage.unified_schema(files) if files else None
+    return files, schema, [storage.file_size(f) * 3 for f in files]  # parquet compresses text about 3x
+
+
+@dataclass(frozen=True)
+class InputUnit:
+    """Input files of stage 1 that one task reads in order (`common.readers.read_file`), so
+    that a stage starting with a gathered operator reads the inputs in place instead of a
+    scratch copy written first. Ids are claimed (common/ids.py) on the unit's first read,
+    through `claims` (an object with `claim(ids)` shared by every unit of the stage; None:
+    the unit claims for itself, which is right when it holds every file of its sources),
+    and the renames it made are recorded in `renames_dir`, so each later read of the unit
+    gives the same ids at the same row positions."""
+
+    files: tuple[tuple[Any, Any], ...]  # (InputFile, InputSpec) pairs
+    claims: Any
+    renames_dir: str
+
+    @property
+    def size(self) -> int:
+        # in memory: parquet decompresses to about 3x, the other formats are text already
+        return sum(f.size * (3 if f.format == "parquet" else 1) for f, _ in self.files)
+
+    @classmethod
+    def schema(cls) -> pa.Schema:
+        from common.readers import DOC_SCHEMA, READ_OP
+        from operators.base import SECONDS_PREFIX
+
+        return DOC_SCHEMA.append(pa.field(SECONDS_PREFIX + READ_OP, pa.float64()))
+
+    def batches(self, number: int, batch_rows: int) -> Iterator[pa.Table]:
+        import time
+
+        from common import storage
+        from common.ids import IdClaims
+        from common.readers import READ_OP, read_file
+        from operators.base import SECONDS_PREFIX
+
+        renames_file = storage.location(self.renames_dir) / f"{number:06d}.parquet"
+        recorded = storage.parquet_file(str(renames_file)).read() if renames_file.is_file() else None
+        claims = self.claims if self.claims is not None else IdClaims()
+        new_positions: list[int] = []
+        new_ids: list[str] = []
+        position = 0
+        for file, spec in self.files:
+            batches = read_file(file, spec, batch_rows)
+            while True:
+                started = time.perf_counter()
+                table = next(batches, None)
+                if table is None:
+                    break
+                n = table.num_rows
+                ids = table.column("id").to_pylist()
+                if recorded is None:
+                    renamed = claims.claim(ids)
+                    new_positions += [position + i for i in renamed]
+                    new_ids += list(renamed.values())
+                else:
+                    where = recorded.column("position").to_numpy()
+                    inside = np.flatnonzero((where >= position) & (where < position + n))
+                    renamed = dict(zip((where[inside] - position).tolist(),
+                                       recorded.column("id").take(pa.array(inside)).to_pylist()))
+                if renamed:
+                    for i, new_id in renamed.items():
+                        ids[i] = new_id
+                    table = set_column(table, "id", pa.array(ids, pa.string()))
+                per_row = (time.perf_counter() - started) / max(1, n)
+                yield set_column(table, SECONDS_PREFIX + READ_OP, pa.array(np.full(n, per_row)))
+                position += n
+        if recorded is None:
+            storage.write_parquet_atomic(pa.table({"position": pa.array(new_positions, pa.int64()),
+                                                   "id": pa.array(new_ids, pa.string())}), renames_file)
+
+
+@dataclass(frozen=True)
+class InputUnits:
+    """Stage 1's inputs as the files of gathered execution (`InputUnit`s, numbered in order)."""
+
+    units: tuple[InputUnit, ...]
 
 
 def row_keys(file_number: int, start: int, count: int) -> np.ndarray:
@@ -250,7 +341,7 @@ class FileDecisions:
         return _apply_file_decisions(table, position, state, self.label, self.analyze, self.post)
 
 
-def _keyed_batches(file_number: int, path: str, schema: pa.Schema | None, batch_rows: int,
+def _keyed_batches(file_number: int, path: str | InputUnit, schema: pa.Schema | None, batch_rows: int,
                    overlays: list[Any] = ()):
     """Batches of one input file (conformed to `schema` when given) with the overlays applied,
     and their first row's position."""
@@ -259,8 +350,9 @@ def _keyed_batches(file_number: int, path: str, schema: pa.Schema | None, batch_
 
     states = [overlay.load(file_number) for overlay in overlays]
     position = 0
-    for batch in storage.parquet_file(path).iter_batches(batch_size=batch_rows):
-        table = pa.Table.from_batches([batch])
+    batches = (path.batches(file_number, batch_rows) if isinstance(path, InputUnit) else
+               (pa.Table.from_batches([b]) for b in storage.parquet_file(path).iter_batches(batch_size=batch_rows)))
+    for table in batches:
         if schema is not None:
             table = conform(table, schema)
         rows = table.num_rows
@@ -270,7 +362,7 @@ def _keyed_batches(file_number: int, path: str, schema: pa.Schema | None, batch_
         position += rows
 
 
-def _map_file_task(file_number: int, path: str, schema: pa.Schema, batch_rows: int, fn: Callable,
+def _map_file_task(file_number: int, path: str | InputUnit, schema: pa.Schema, batch_rows: int, fn: Callable,
                    out_schema: pa.Schema, out_dir: str, overlays: list[Any] = ()) -> dict[str, Any]:
     from common import storage
     from operators.base import active_mask
@@ -293,10 +385,7 @@ def map_input_files(ctx: GlobalContext, fn: Callable[[pa.Table], pa.Table], out_
     """`fn` over every batch of the rows so far (each with its `ROW_KEY`), in one task per
     input file (the engine's `map_files`), writing `out_dir/part-<file number>.parquet`;
     returns the rows and in-memory bytes written. What each task returns is two numbers."""
-    from common import storage
-
-    files = input_files(ctx)
-    schema = storage.unified_schema(files) if files else None
+    files, schema, _ = _files_schema_sizes(ctx)
     task = functools.partial(_map_file_task, schema=schema, batch_rows=ctx.batch_size, fn=fn, out_schema=out_schema,
                              out_dir=str(out_dir), overlays=ctx.overlays)
     results = ctx.get_engine().map_files(task, list(enumerate(files)))
@@ -356,12 +445,9 @@ def _read_overlaid(group: list[tuple[int, str]], schema: pa.Schema, batch_rows: 
 def overlaid_dataset(ctx: GlobalContext, overlays: list[Any]) -> Any:
     """The rows of the input files with `overlays` applied, read file by file (a frame of
     the stage's engine)."""
-    from common import storage
     from pipeline.runner import _group_by_size
 
-    files = input_files(ctx)
-    schema = storage.unified_schema(files)
-    sizes = [storage.file_size(f) * 3 for f in files]  # parquet compresses text about 3x
+    files, schema, sizes = _files_schema_sizes(ctx)
     target = max(1 << 20, min(128 << 20, sum(sizes) // max(1, 4 * ctx.num_cpus) + 1))
     groups = _group_by_size(list(enumerate(files)), sizes, target)
     group_sizes = [sum(sizes[i] for i, _ in g) for g in groups]
@@ -389,13 +475,10 @@ def marked_dataset(ctx: GlobalContext, decisions_dir: Path, label: str,
 def keyed_dataset(ctx: GlobalContext) -> ray.data.Dataset:
     """The rows so far with their `ROW_KEY`, for the distributed forms (joins by row key);
     rows an earlier operator rejected pass through unmarked by the join."""
-    from common import storage
     from pipeline.engines.ray import _file_groups_dataset
     from pipeline.runner import _group_by_size
 
-    files = input_files(ctx)
-    schema = storage.unified_schema(files)
-    sizes = [storage.file_size(f) * 3 for f in files]
+    files, schema, sizes = _files_schema_sizes(ctx)
     target = max(1 << 20, min(128 << 20, sum(sizes) // max(1, 4 * ctx.num_cpus) + 1))
     groups = _group_by_size(list(enumerate(files)), sizes, target)
 

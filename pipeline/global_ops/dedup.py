@@ -146,8 +146,10 @@ def _shuffle_blocks(ds: Any, key: list[str], partitions: int, fn: Any) -> Any:
 
 def _check_survivor_column(op: GlobalOperator, ds: Any, ctx: GlobalContext) -> None:
     params = op.params
+    if params.keep != "best":
+        return  # asking a lazy frame for its columns runs part of it: only when needed
     names = ctx.get_engine().schema_names(ds)
-    if params.keep == "best" and params.best_column not in names:
+    if params.best_column not in names:
         raise KilnError(f"{op.label}: keep: best needs the column {params.best_column!r}, which the documents "
                         f"do not have at this point (columns: {', '.join(names)})")
 
