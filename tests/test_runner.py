@@ -408,7 +408,7 @@ def test_a_first_stage_starting_with_dedup_reads_the_inputs_in_place_with_the_sa
     stats, run_dir = run_config(config, engine=engine)
     stage = stats["stages"][0]
     assert (stage["docs_in"], stage["docs_out"], stage["rejected_total"]) == (26, 20, 6)
-    assert stage["rejected"] == {"exact_dedup/exact_duplicate": 5, "read/malformed_json": 1}
+    assert stage["rejected"] == {"exact_dedup/duplicate": 5, "read/malformed_json": 1}
     kept = storage.read_table(run_dir / "01-dedup/data", ["id", "text"])
     rejected = storage.read_table(run_dir / "01-dedup/rejected", ["id", "text", "dup_of"])
     ids = kept.column("id").to_pylist() + rejected.column("id").to_pylist()

@@ -283,18 +283,18 @@ class FileFrame:
 
     groups: tuple[Any, ...]
     sizes: tuple[int, ...]
-    read: Callable[[Any], Iterable[pa.Table]]
-    schema: pa.Schema
+    read_group: Callable[[Any], Iterable[pa.Table]]
+    row_schema: pa.Schema  # of what read_group yields
     steps: tuple[tuple[Callable[[pa.Table], pa.Table], int], ...] = ()  # (function, batch size)
 
     def dataset(self) -> Any:
-        ds = _file_groups_dataset(list(self.groups), list(self.sizes), self.read, self.schema)
+        ds = _file_groups_dataset(list(self.groups), list(self.sizes), self.read_group, self.row_schema)
         for fn, batch_size in self.steps:
             ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=batch_size)
         return ds
 
     def then(self, fn: Callable[[pa.Table], pa.Table], batch_size: int) -> FileFrame:
-        return FileFrame(self.groups, self.sizes, self.read, self.schema, (*self.steps, (fn, batch_size)))
+        return FileFrame(self.groups, self.sizes, self.read_group, self.row_schema, (*self.steps, (fn, batch_size)))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -669,7 +669,7 @@ class RayEngine:
     def write_stage(self, frame: Any, data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool,
                     progress: Any) -> dict[str, Any]:
         if isinstance(frame, FileFrame):
-            task = functools.partial(_write_group, read=frame.read, steps=frame.steps, prefix=prefix,
+            task = functools.partial(_write_group, read=frame.read_group, steps=frame.steps, prefix=prefix,
                                      data_dir=data_dir, rejected_dir=rejected_dir,
                                      count_would_reject=count_would_reject, progress=progress)
             results = self.map_files(task, list(enumerate(frame.groups)))
