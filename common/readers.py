@@ -30,6 +30,7 @@ import gzip
 import io
 import lzma
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +276,20 @@ def read_file(file: InputFile, spec: InputSpec, batch_rows: int = BATCH_ROWS,
         yield from _rows_in_batches(readers_web.web_rows(file, spec), batch_rows, batch_bytes)
     else:
         yield from _rows_in_batches(_stream_rows(file, spec), batch_rows, batch_bytes)
+
+
+def timed_batches(files: Iterable[tuple[InputFile, InputSpec]], batch_rows: int = BATCH_ROWS
+                  ) -> Iterator[tuple[pa.Table, float]]:
+    """`read_file` over (file, spec) pairs in order, each batch with the seconds reading it took
+    (the `read` operator's time in the stage statistics)."""
+    for file, spec in files:
+        batches = read_file(file, spec, batch_rows)
+        while True:
+            started = time.perf_counter()
+            table = next(batches, None)
+            if table is None:
+                break
+            yield table, time.perf_counter() - started
 
 
 def _reject(file: InputFile, where: str, reason: str, detail: str, text: str) -> dict[str, Any]:

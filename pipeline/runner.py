@@ -32,7 +32,7 @@ import yaml
 from common import storage
 from common.errors import ConfigError, KilnError, StageError
 from common.ids import IdClaims, make_unique
-from common.readers import READ_OP, InputFile, expand_inputs, read_file
+from common.readers import READ_OP, InputFile, expand_inputs, timed_batches
 from operators.base import (
     REJECT_DETAIL,
     REJECT_OP,
@@ -100,23 +100,19 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claim
         per_row = (seconds + time.perf_counter() - started) / max(1, table.num_rows)
         return table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
 
-    for file, spec in group:
-        batches = read_file(file, spec, batch_rows)
-        while True:
+    for table, seconds in timed_batches(group, batch_rows):
+        if local is not None:
             started = time.perf_counter()
-            table = next(batches, None)
-            if table is None:
-                break
-            if local is not None:
-                table = make_unique(table, local.claim)
-                per_row = (time.perf_counter() - started) / max(1, table.num_rows)
-                yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
-                continue
-            reply = claims.claim.remote(table.column("id").to_pylist())
-            seconds = time.perf_counter() - started
-            if pending is not None:
-                yield finish(*pending)
-            pending = (table, reply, seconds)
+            table = make_unique(table, local.claim)
+            per_row = (seconds + time.perf_counter() - started) / max(1, table.num_rows)
+            yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
+            continue
+        started = time.perf_counter()
+        reply = claims.claim.remote(table.column("id").to_pylist())
+        seconds += time.perf_counter() - started
+        if pending is not None:
+            yield finish(*pending)
+        pending = (table, reply, seconds)
     if pending is not None:
         yield finish(*pending)
 

@@ -256,7 +256,7 @@ class InputUnit:
 
         from common import storage
         from common.ids import IdClaims
-        from common.readers import READ_OP, read_file
+        from common.readers import READ_OP, timed_batches
         from operators.base import SECONDS_PREFIX
 
         renames_file = storage.location(self.renames_dir) / f"{number:06d}.parquet"
@@ -265,31 +265,26 @@ class InputUnit:
         new_positions: list[int] = []
         new_ids: list[str] = []
         position = 0
-        for file, spec in self.files:
-            batches = read_file(file, spec, batch_rows)
-            while True:
-                started = time.perf_counter()
-                table = next(batches, None)
-                if table is None:
-                    break
-                n = table.num_rows
-                ids = table.column("id").to_pylist()
-                if recorded is None:
-                    renamed = claims.claim(ids)
-                    new_positions += [position + i for i in renamed]
-                    new_ids += list(renamed.values())
-                else:
-                    where = recorded.column("position").to_numpy()
-                    inside = np.flatnonzero((where >= position) & (where < position + n))
-                    renamed = dict(zip((where[inside] - position).tolist(),
-                                       recorded.column("id").take(pa.array(inside)).to_pylist()))
-                if renamed:
-                    for i, new_id in renamed.items():
-                        ids[i] = new_id
-                    table = set_column(table, "id", pa.array(ids, pa.string()))
-                per_row = (time.perf_counter() - started) / max(1, n)
-                yield set_column(table, SECONDS_PREFIX + READ_OP, pa.array(np.full(n, per_row)))
-                position += n
+        for table, seconds in timed_batches(self.files, batch_rows):
+            started = time.perf_counter()
+            n = table.num_rows
+            ids = table.column("id").to_pylist()
+            if recorded is None:
+                renamed = claims.claim(ids)
+                new_positions += [position + i for i in renamed]
+                new_ids += list(renamed.values())
+            else:
+                where = recorded.column("position").to_numpy()
+                inside = np.flatnonzero((where >= position) & (where < position + n))
+                renamed = dict(zip((where[inside] - position).tolist(),
+                                   recorded.column("id").take(pa.array(inside)).to_pylist()))
+            if renamed:
+                for i, new_id in renamed.items():
+                    ids[i] = new_id
+                table = set_column(table, "id", pa.array(ids, pa.string()))
+            per_row = (seconds + time.perf_counter() - started) / max(1, n)
+            yield set_column(table, SECONDS_PREFIX + READ_OP, pa.array(np.full(n, per_row)))
+            position += n
         if recorded is None:
             storage.write_parquet_atomic(pa.table({"position": pa.array(new_positions, pa.int64()),
                                                    "id": pa.array(new_ids, pa.string())}), renames_file)
