@@ -75,7 +75,8 @@ def quiet(_: str) -> None:
 
 
 def _task_nodes(cluster) -> set[str]:
-    """The nodes that ran the cluster's Ray Data tasks, from the head's state API."""
+    """The nodes that ran the stages' tasks (Ray Data's, or kiln's plain stage tasks), from
+    the head's state API."""
     import requests
 
     r = requests.get(f"{cluster.dashboard_url}/api/v0/tasks?limit=10000&detail=1", timeout=30,
@@ -83,7 +84,8 @@ def _task_nodes(cluster) -> set[str]:
     r.raise_for_status()
     tasks = r.json()["data"]["result"]["result"]
     return {t["node_id"] for t in tasks if t.get("type") == "NORMAL_TASK"
-            and str(t.get("name", "")).startswith(("MapBatches", "ReadKilnRead")) and t.get("node_id")}
+            and str(t.get("name", "")).startswith(("MapBatches", "ReadKilnRead", "KilnStage", "KilnFiles"))
+            and t.get("node_id")}
 
 
 def test_a_submitted_pipeline_runs_on_the_cluster_and_verifies(cluster, tmp_path):

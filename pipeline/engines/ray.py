@@ -327,6 +327,20 @@ def _write_group(index: int, group: Any, read: Callable[[Any], Iterable[pa.Table
                             rejected_dir, count_would_reject, on_block)
 
 
+def _run_tasks(fn: Callable[..., Any], items: list[tuple[Any, ...]], name: str) -> list[Any]:
+    """`fn(*item)` for every item, one plain task each (1 CPU, retried), spread over the
+    cluster's nodes; the results in item order."""
+    import ray
+
+    if not items:
+        return []
+    # `fn` may be a functools.partial, which ray.remote does not take: a plain task calls
+    # it, and it is put in the object store once for all the tasks.
+    task = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(_call).options(name=name)
+    fn_ref = ray.put(fn)
+    return ray.get([task.remote(fn_ref, *item) for item in items])
+
+
 def input_groups(config: PipelineConfig, num_cpus: int) -> list[list[tuple[Any, Any]]]:
     """The inputs' (file, spec) pairs in groups of about a read task's size: small files
     together, a big parquet file in parts of whole row groups."""
@@ -672,7 +686,7 @@ class RayEngine:
             task = functools.partial(_write_group, read=frame.read_group, steps=frame.steps, prefix=prefix,
                                      data_dir=data_dir, rejected_dir=rejected_dir,
                                      count_would_reject=count_would_reject, progress=progress)
-            results = self.map_files(task, list(enumerate(frame.groups)))
+            results = _run_tasks(task, list(enumerate(frame.groups)), "KilnStage")
             return stats_lib.merge(*results) if results else {}
         sink = _make_sink(data_dir, rejected_dir, prefix, count_would_reject=count_would_reject, progress=progress)
         frame.write_datasink(sink, ray_remote_args=WRITE_TASK_ARGS)
@@ -686,15 +700,7 @@ class RayEngine:
         return sink.results
 
     def map_files(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
-        import ray
-
-        if not items:
-            return []
-        # `fn` may be a functools.partial, which ray.remote does not take: a plain task calls
-        # it, and it is put in the object store once for all the tasks.
-        task = ray.remote(num_cpus=1, max_retries=3)(_call)
-        fn_ref = ray.put(fn)
-        return ray.get([task.remote(fn_ref, *item) for item in items])
+        return _run_tasks(fn, items, "KilnFiles")
 
     def run_one(self, fn: Callable[..., Any], *args: Any) -> Any:
         import ray
