@@ -254,7 +254,7 @@ def local_clusters(ids: list[str], texts: list[str], params: kernels.MinHashPara
     bands, rows = params.band_rows
     a, b = executors._star_edges_by_band(kernels.band_keys(sigs, bands, rows), nodes.column("node").to_numpy(),
                                          nodes.column("earlier").to_numpy(zero_copy_only=False),
-                                         executors._center_keys(nodes.column("id")))
+                                         executors._center_order(nodes.column("rank")))
     if params.verify_threshold is not None:
         keep = executors._verified(sigs, a, b, params.verify_threshold)
         a, b = a[keep], b[keep]

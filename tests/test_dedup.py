@@ -187,9 +187,9 @@ def test_group_decisions_keep_smallest_rank_and_count_sizes():
 def test_bucket_edges_are_stars_and_skip_earlier_only_buckets():
     block = pa.table({"band": pa.array([7, 7, 7, 8, 9, 9], pa.int64()), "node": pa.array([30, 10, 20, 40, 50, 60], pa.int64()),
                       "earlier": [False, False, False, False, True, True],
-                      "center": pa.array([5, 9, 1, 0, 0, 0], pa.int64())})
+                      "center": pa.array(["5", "9", "1", "0", "0", "0"])})
     edges = executors._bucket_edges(block)
-    # Node 20 has the smallest centre key of bucket 7: the star's centre, whatever the nodes.
+    # Node 20 has the smallest rank key of bucket 7: the star's centre, whatever the nodes.
     assert sorted(zip(edges.column("a").to_pylist(), edges.column("b").to_pylist())) == [(10, 20), (30, 20)]
 
 
@@ -210,7 +210,7 @@ def test_star_centres_do_not_depend_on_how_rows_are_numbered(shared_data):
         sigs = kernels.signatures_from_bytes(nodes.column("sig"), params.num_perm)
         a, b = executors._star_edges_by_band(kernels.band_keys(sigs, bands, rows), nodes.column("node").to_numpy(),
                                              nodes.column("earlier").to_numpy(zero_copy_only=False),
-                                             executors._center_keys(nodes.column("id")))
+                                             executors._center_order(nodes.column("rank")))
         node_ids = nodes.column("id").to_pylist()
         found.append(sorted((node_ids[x], node_ids[y]) for x, y in zip(a.tolist(), b.tolist())))
     assert found[0] == found[1] and len(found[0]) >= 4
