@@ -686,15 +686,35 @@ def normalize_for_exact(texts: pa.Array, params: ExactDedupParams) -> pa.Array:
     return texts
 
 
-def hash128(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """xxh3_128 of each string as two uint64 halves; null strings hash like ""."""
+def string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes, int64 offsets from 0) of a string or large_string array without nulls."""
+    if len(texts) == 0:
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
+    offset_type = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    _, offset_buffer, data_buffer = texts.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=offset_type)[texts.offset:texts.offset + len(texts) + 1]
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    return data[offsets[0]:offsets[-1]], offsets - offsets[0]
+
+
+def hash128(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """xxh3_128 of each string's UTF-8 bytes as two uint64 halves; null strings hash like "".
+    Read straight from the Arrow buffers: no Python string per value."""
+    values = pc.fill_null(values, "")
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    data, offsets = string_buffers(values)
+    view = memoryview(data)
     n = len(values)
     high = np.empty(n, dtype=np.uint64)
     low = np.empty(n, dtype=np.uint64)
-    for i, value in enumerate(values.to_pylist()):
-        digest = xxhash.xxh3_128_intdigest((value or "").encode("utf-8"))
-        high[i] = digest >> 64
-        low[i] = digest & _M64
+    digest = xxhash.xxh3_128_intdigest
+    bounds = offsets.tolist()
+    for i in range(n):
+        value = digest(view[bounds[i]:bounds[i + 1]])
+        high[i] = value >> 64
+        low[i] = value & _M64
     return high, low
 
 

@@ -142,6 +142,29 @@ def test_exact_normalization_folds_case_punctuation_whitespace_and_digits():
     assert len(set(strict.to_pylist())) == 4
 
 
+_TRICKY = ["Ｈｅｌｌｏ，ｗｏｒｌｄ！１２３", "wait…  what", "e\u0301te\u0301 cafe\u0301", "\u1100\u1161\u11a8 \uac00\u11a8",
+           "\ufdfa and \ufb01ne", "\u212a\u00c5 \u0130stanbul \u03a3\u039f\u03a3", "a\u00a0b\u3000c\u2028d\x0be",
+           "٣٤ digits ١٢", "  \t\n", "", "(￣▽￣) ´・ω・` ¯\\_(ツ)_/¯", "x\u0334\u0333y", "ﬃ ﬄ ㍿ ㋿ ⑳ Ⅻ"]
+
+
+@pytest.mark.parametrize("options", [{}, {"digits": "zero"}, {"digits": "remove", "whitespace": "remove"},
+                                     {"punctuation": "keep"}, {"whitespace": "keep"},
+                                     {"lowercase": False, "unicode_form": "none", "digits": "remove"}])
+def test_compiled_exact_normalization_equals_the_arrow_definition(shared_data, options):
+    from operators import exact_keys
+
+    params = ExactDedupParams(**options)
+    step = 1 if not options or options.get("unicode_form") == "none" else 7
+    every = [chr(c) for c in range(0, 0x110000, step) if not 0xD800 <= c <= 0xDFFF]
+    texts = pa.array(_bbc(shared_data, 40) + _clue(shared_data, 200) + _TRICKY + every
+                     + [f"A{c}b" for c in every[::3]] + [f"e{c}\u0301 x" for c in every[::5]])
+    expected = kernels.normalize_for_exact(texts, params).to_pylist()
+    assert exact_keys.normalize(texts, params, compiled=True).to_pylist() == expected
+    assert exact_keys.normalize(texts, params, compiled=False).to_pylist() == expected
+    high, low = exact_keys.exact_keys(texts.slice(0, 240), params)
+    assert (high[0], low[0]) == kernels.hash128(pa.array(expected[:1]))
+
+
 def test_url_normalization():
     params = UrlDedupParams()
     same = ["https://www.Example.com/a/b/?utm_source=x&b=2&a=1#top", "http://example.com:80/a/b?a=1&b=2",

@@ -44,6 +44,7 @@ from common import storage
 from common.errors import KilnError
 from operators import dedup as kernels
 from operators.base import GlobalOperator
+from operators.exact_keys import exact_keys
 from pipeline import stats as stats_lib
 from pipeline.global_ops import (
     ROW_KEY,
@@ -261,7 +262,7 @@ KEY_SCHEMA = pa.schema([("k1", pa.int64()), ("k2", pa.int64()), ("rank", pa.stri
 
 def _exact_keys(batch: pa.Table, params: kernels.ExactDedupParams) -> pa.Table:
     texts = pc.fill_null(batch.column("text"), "").combine_chunks()
-    high, low = kernels.hash128(kernels.normalize_for_exact(texts, params))
+    high, low = exact_keys(texts, params)
     ranks = kernels.rank_keys(batch, params, row_keys=batch.column(ROW_KEY).to_numpy())
     return pa.Table.from_arrays([pa.array(high.view(np.int64)), pa.array(low.view(np.int64)), ranks,
                                  pa.nulls(batch.num_rows, pa.string())], schema=KEY_SCHEMA)
