@@ -105,16 +105,25 @@ class CodePoints:
         """Characters of each text that the single-character class `pattern` matches."""
         points = self.points
         basic = points < 0x10000
-        hits = np.zeros(len(points), dtype=bool)
-        hits[basic] = _bmp_members(pattern)[points[basic]]
+        # One spare element, so that a segment start equal to the end still indexes.
+        hits = np.zeros(len(points) + 1, dtype=bool)
+        if basic.all():
+            hits[:-1] = _bmp_members(pattern)[points]
+        else:
+            hits[:-1][basic] = _bmp_members(pattern)[points[basic]]
         if not basic.all():
             astral = points[~basic]
             distinct = np.unique(astral)
             matched = pc.match_substring_regex(pa.array([chr(c) for c in distinct.tolist()], pa.string()),
                                                pattern).to_numpy(zero_copy_only=False)
-            hits[~basic] = matched[np.searchsorted(distinct, astral)]
-        running = np.concatenate([[0], np.cumsum(hits, dtype=np.int64)])
-        return running[self.ends] - running[self.starts]
+            hits[:-1][~basic] = matched[np.searchsorted(distinct, astral)]
+        if len(self.starts) == 0:
+            return np.zeros(0, dtype=np.int64)
+        # Per-text sums without a running total of every code point; reduceat gives an
+        # empty text its start element, hence the mask.
+        counts = np.add.reduceat(hits, self.starts, dtype=np.int64)
+        counts[self.lengths == 0] = 0
+        return counts
 
 
 def script_stats(texts: pa.Array | pa.ChunkedArray | CodePoints) -> dict[str, np.ndarray]:

@@ -38,6 +38,8 @@ MODEL_FILE = "lid.176.ftz"
 CHINESE_LABELS = frozenset({"zh", "wuu", "yue", "gan", "hak", "cdo", "nan", "lzh"})
 NEWLINES = re.compile(r"[\r\n\t\u2028\u2029]+")
 LINE_SPLIT = re.compile(r"[\n\t]+")
+# What fastText splits tokens on (besides the newlines folded above).
+FASTTEXT_SPACE = " \x0b\x0c\x00"
 LETTER_RE2 = r"[\p{L}]"
 KANA_HANGUL_RE2 = r"[\p{Hiragana}\p{Katakana}\p{Hangul}]"
 
@@ -135,6 +137,7 @@ class LanguageId(Filter):
         self.ensure_setup()
         texts = text_column(batch)
         langs, scores = self.predict(texts)
+        model_langs = list(langs)
         points = CodePoints(texts)
         scripts = script_stats(points)
         letters = points.count(LETTER_RE2)
@@ -155,21 +158,36 @@ class LanguageId(Filter):
         table = set_column(table, "stat.han_ratio", pa.array(ratio(scripts["han"], scripts["nonspace"])))
         table = set_column(table, "stat.latin_ratio", pa.array(ratio(scripts["latin"], scripts["nonspace"])))
         if self.params.line_level:
-            table = self.line_shares(table, texts)
+            table = self.line_shares(table, texts, model_langs)
         return table
 
-    def line_shares(self, table: pa.Table, texts: list[str]) -> pa.Table:
-        """Predict every line of every document in one call; weight each line by its length."""
+    def line_shares(self, table: pa.Table, texts: list[str], model_langs: list[str]) -> pa.Table:
+        """Predict every line of every document in one call; weight each line by its length.
+        A document of one line (most of a web crawl's or a book's paragraphs) is the same
+        tokens as its line, so its line takes the model's document prediction
+        (`model_langs`) instead of a second pass of fastText over the same text."""
         owners: list[int] = []
         lines: list[str] = []
+        line_langs: list[str | None] = []
         for i, text in enumerate(texts):
+            if NEWLINES.search(text) is None and text.strip() == text.strip(FASTTEXT_SPACE):
+                line = text.strip()
+                if line:
+                    owners.append(i)
+                    lines.append(line)
+                    line_langs.append(model_langs[i])
+                continue
             for line in LINE_SPLIT.split(text):
                 line = line.strip()
                 if line:
                     owners.append(i)
                     lines.append(line)
+                    line_langs.append(None)
         n = len(texts)
-        line_langs, _ = self.predict(lines)
+        unknown = [k for k, lang in enumerate(line_langs) if lang is None]
+        predicted, _ = self.predict([lines[k] for k in unknown])
+        for k, lang in zip(unknown, predicted):
+            line_langs[k] = lang
         weights = np.fromiter(map(len, lines), np.float64, len(lines))
         letters = CodePoints(lines).count(LETTER_RE2)
         weights[letters < self.params.min_line_letters] = 0.0

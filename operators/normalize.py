@@ -46,9 +46,10 @@ CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # joiner, BOM, soft hyphen, Mongolian vowel separator, bidi marks and embeddings.
 INVISIBLE = re.compile(r"[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ufff9-\ufffb]")
 # Every horizontal space character, including no-break and ideographic spaces.
-SPACES = re.compile(r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+# Runs of two or more, or one that is not a plain space: a lone ' ' (most matches of a plain
+# `[...]+`) is left where it is instead of being replaced by itself.
+SPACES = re.compile(r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]{2,}|[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 TRAILING_SPACE = re.compile(r"[ \t]+\n")
-LEADING_SPACE = re.compile(r"\n[ \t]+")
 BLANK_LINES = re.compile(r"\n{3,}")
 # Private use areas: code points with no agreed meaning (icon fonts, broken converters).
 PRIVATE_USE = re.compile("[\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd]")
@@ -122,9 +123,9 @@ class Normalize(Mapper):
                 text = SYMBOLS.sub("", text)
         if p.collapse_whitespace:
             text = SPACES.sub(" ", text)
-            text = TRAILING_SPACE.sub("\n", text)
-            text = LEADING_SPACE.sub("\n", text)
-            if p.max_blank_lines >= 0:
+            # Every run of spaces is now one ' ', so trimming lines is two plain replaces.
+            text = text.replace(" \n", "\n").replace("\n ", "\n")
+            if p.max_blank_lines >= 0 and "\n\n\n" in text:
                 text = BLANK_LINES.sub("\n" * (p.max_blank_lines + 1), text)
             text = text.strip()
         return text

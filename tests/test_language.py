@@ -21,7 +21,7 @@ from shared_text import (
 
 from common.errors import KilnError
 from operators.base import run_operators, split_rejected
-from operators.language import LanguageId, ModelMissing
+from operators.language import LINE_SPLIT, LanguageId, ModelMissing
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,26 @@ def test_line_level_shares(shared_data):
     assert np.all(en[m:] > 0.95) and np.all(secondary[m:] < 0.05)
     other = out.column("stat.lang_share_other").to_numpy()
     assert np.allclose(zh + en + other, 1.0)
+
+
+def test_one_line_documents_reuse_the_document_prediction_with_the_same_shares(shared_data):
+    # A one-line document's line takes the document's prediction instead of a second model
+    # pass: the shares must be those of predicting every line on its own.
+    pairs = news_commentary(shared_data, 30)
+    texts = ([en for en, _ in pairs[:10]] + [zh for _, zh in pairs[10:20]] + [f"{en}\n{zh}" for en, zh in pairs[20:]]
+             + ["\u3000" + pairs[0][1], pairs[1][0] + "\x0b", "  " + pairs[2][1] + " ", "x", "", "\t"])
+    op = LanguageId(line_level=True)
+    op.ensure_setup()
+    out = run({"line_level": True}, texts)
+    for i, text in enumerate(texts):
+        lines = [line.strip() for line in LINE_SPLIT.split(text) if line.strip()]
+        langs, _ = op.predict(lines) if lines else ([], None)
+        letters = [sum(ch.isalpha() for ch in line) for line in lines]
+        weights = [len(line) if n >= 2 else 0 for line, n in zip(lines, letters)]
+        total = sum(weights)
+        for code in ("zh", "en"):
+            want = sum(w for w, lang in zip(weights, langs) if lang == code) / total if total else 0.0
+            assert out.column(f"stat.lang_share_{code}")[i].as_py() == pytest.approx(want), (i, code, text[:40])
 
 
 def test_edge_cases(lid):

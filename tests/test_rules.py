@@ -259,6 +259,16 @@ def test_bbc_news_is_kept(shared_data):
     assert kept.num_rows >= 0.95 * len(texts), Counter(reasons(rejected))
 
 
+@pytest.mark.parametrize("pattern", [r"[\p{L}]", r"\s", r"[\p{Han}]", r"[\p{Latin}]", r"[\p{P}\p{S}]"])
+def test_code_point_counts_equal_re2_counts(shared_data, pattern):
+    # Empty texts between others (a count of one is not the next text's first character),
+    # astral characters (emoji, rare Han) and the last text empty.
+    texts = [*clue_docs(shared_data, 30), "", "😀 𠀀𠀁 ab", "", *bbc_articles(shared_data, 5), "", "x", ""]
+    expected = text_module.count_regex(pa.array(texts), pattern)
+    assert text_module.CodePoints(texts).count(pattern).tolist() == expected.tolist()
+    assert text_module.CodePoints([]).count(pattern).tolist() == []
+
+
 def test_chinese_text_mostly_kept(shared_data):
     texts = clue_docs(shared_data, 300) + chnsenticorp(shared_data, 300)
     ops = [LineFilter(), ChineseQuality(), GopherRepetition(), TextQuality()]
