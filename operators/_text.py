@@ -22,6 +22,7 @@ from collections import Counter
 from functools import cache, cached_property, lru_cache
 from typing import Literal
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -124,6 +125,50 @@ class CodePoints:
         counts = np.add.reduceat(hits, self.starts, dtype=np.int64)
         counts[self.lengths == 0] = 0
         return counts
+
+
+@cache
+def _bmp_alnum() -> np.ndarray:
+    r"""For every code point of the Basic Multilingual Plane, `str.isalnum` (what Python's
+    `[^\W_]` matches)."""
+    return np.array([chr(c).isalnum() for c in range(0x10000)], dtype=bool)
+
+
+def longest_alnum_runs(points: CodePoints) -> np.ndarray:
+    """Per text, the length of its longest run of one repeated letter or digit (1 for text
+    with letters or digits but no repeat, 0 for none). Runs of punctuation such as separator
+    lines are not counted: they are decoration, not repeated content. One compiled pass over
+    the code points of the whole batch."""
+    n_texts = len(points.lengths)
+    out = np.zeros(n_texts, dtype=np.int64)
+    codes = points.points
+    if len(codes) == 0:
+        return out
+    alnum = np.zeros(len(codes), dtype=bool)
+    basic = codes < 0x10000
+    alnum[basic] = _bmp_alnum()[codes[basic]]
+    if not basic.all():
+        distinct = np.unique(codes[~basic])
+        flags = np.array([chr(c).isalnum() for c in distinct.tolist()], dtype=bool)
+        alnum[~basic] = flags[np.searchsorted(distinct, codes[~basic])]
+    _longest_runs(codes, alnum, points.starts, points.lengths, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _longest_runs(codes: np.ndarray, alnum: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                  out: np.ndarray) -> None:  # pragma: no cover - compiled
+    for text in range(starts.shape[0]):
+        longest = 0
+        run = 0
+        previous = -1
+        for i in range(starts[text], starts[text] + lengths[text]):
+            code = np.int64(codes[i])
+            run = run + 1 if code == previous else 1
+            previous = code
+            if alnum[i] and run > longest:
+                longest = run
+        out[text] = longest
 
 
 def script_stats(texts: pa.Array | pa.ChunkedArray | CodePoints) -> dict[str, np.ndarray]:

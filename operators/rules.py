@@ -47,6 +47,7 @@ from operators._text import (
     SPACE_RE2,
     SYMBOL_RE2,
     ZH_PUNCT_RE2,
+    CodePoints,
     Segmenter,
     analyses,
     char_lengths,
@@ -54,6 +55,7 @@ from operators._text import (
     document_langs,
     duplicate_fractions,
     lang_mask,
+    longest_alnum_runs,
     ngram_char_fractions,
     ratio,
 )
@@ -489,26 +491,6 @@ URL_HINT_RE2 = r"(?i)https?://|ftp://|www\."
 # Lines that mention javascript or look like script code.
 JAVASCRIPT_LINE_RE2 = (r"(?mi)^[^\n]*(?:javascript|function\s*\(|document\.(?:write|getelementbyid|cookie)"
                        r"|window\.(?:location|onload)|\bvar\s+\w+\s*=|<script)[^\n]*$")
-CHAR_RUN = re.compile(r"([^\W_])\1{2,}")
-CHAR_PAIR = re.compile(r"([^\W_])\1")
-ALNUM = re.compile(r"[^\W_]")
-
-
-def longest_char_run(text: str) -> int:
-    """Length of the longest run of one repeated letter or digit (runs of punctuation such
-    as separator lines are not counted: they are decoration, not repeated content)."""
-    longest = 0
-    for match in CHAR_RUN.finditer(text):
-        length = match.end() - match.start()
-        if length > longest:
-            longest = length
-    if longest:
-        return longest
-    if CHAR_PAIR.search(text):
-        return 2
-    return 1 if ALNUM.search(text) else 0
-
-
 class TextQualityParams(Params):
     langs: list[str] | None = Field(default=None, description="languages judged; None: all")
     max_digit_ratio: float | None = Field(0.35, ge=0)
@@ -590,7 +572,7 @@ class TextQuality(RuleFilter):
         if "stat.max_char_run" in wanted or "stat.url_char_ratio" in wanted:
             pylist = texts.to_pylist()
             if "stat.max_char_run" in wanted:
-                out["stat.max_char_run"] = np.fromiter(map(longest_char_run, pylist), np.int64, len(pylist))
+                out["stat.max_char_run"] = longest_alnum_runs(CodePoints(pylist))
             if "stat.url_char_ratio" in wanted:
                 hinted = pc.match_substring_regex(texts, URL_HINT_RE2).to_numpy(zero_copy_only=False)
                 url_chars = np.zeros(len(pylist), np.int64)

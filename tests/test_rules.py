@@ -269,6 +269,16 @@ def test_code_point_counts_equal_re2_counts(shared_data, pattern):
     assert text_module.CodePoints([]).count(pattern).tolist() == []
 
 
+def test_longest_runs_of_letters_and_digits(shared_data):
+    import itertools
+
+    texts = [*clue_docs(shared_data, 20), *bbc_articles(shared_data, 5), "", "aaab", "----aa", "好好好好", "",
+             "x", "_____", "𠀀𠀀𠀀a", "ab" + "9" * 30, "aa", "aa", "!!", "Ａａａ", ""]
+    expected = [max((len(list(group)) for char, group in itertools.groupby(t) if char.isalnum()), default=0)
+                for t in texts]
+    assert text_module.longest_alnum_runs(text_module.CodePoints(texts)).tolist() == expected
+
+
 def test_chinese_text_mostly_kept(shared_data):
     texts = clue_docs(shared_data, 300) + chnsenticorp(shared_data, 300)
     ops = [LineFilter(), ChineseQuality(), GopherRepetition(), TextQuality()]
