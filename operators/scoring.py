@@ -84,17 +84,38 @@ def tokenize(sentence: str) -> list[str]:
     return _TOKEN.findall(sentence)
 
 
+class _PreparedCache:
+    """The prepared sentences of the texts this process saw last, up to `max_chars` of text:
+    a stage that runs `perplexity` and `quality_classifier` prepares each document once,
+    not once per operator (the preparation costs more than either model)."""
+
+    # A batch of the stage is enough: its operators run one after the other on each batch.
+    def __init__(self, max_chars: int = 16 << 20) -> None:
+        self.max_chars = max_chars
+        self.entries: dict[str, tuple[str, ...]] = {}
+        self.chars = 0
+
+    def get(self, text: str) -> tuple[str, ...]:
+        found = self.entries.get(text)
+        if found is None:
+            found = tuple(" ".join(tokens) for tokens in map(_TOKEN.findall, split_sentences(text)) if tokens)
+            if self.chars + len(text) > self.max_chars:
+                self.entries.clear()
+                self.chars = 0
+            self.entries[text] = found
+            self.chars += len(text)
+        return found
+
+
+_PREPARED = _PreparedCache()
+
+
 def prepare_sentences(text: str) -> list[str]:
     """The `kiln-v1` preparation: a document as sentences of space-separated tokens.
 
     The one function both training (`kiln lm train`, `kiln classifier train`) and scoring
     use; empty sentences are dropped."""
-    out = []
-    for sentence in split_sentences(text):
-        tokens = _TOKEN.findall(sentence)
-        if tokens:
-            out.append(" ".join(tokens))
-    return out
+    return list(_PREPARED.get(text))
 
 
 def prepare_paragraphs(text: str) -> list[list[str]]:
@@ -104,7 +125,7 @@ def prepare_paragraphs(text: str) -> list[list[str]]:
 
 def prepare_classifier_text(text: str, max_tokens: int | None = None) -> str:
     """A document as one line of tokens, the input fastText trains and predicts on."""
-    line = " ".join(prepare_sentences(text))
+    line = " ".join(_PREPARED.get(text))
     if max_tokens is not None:
         tokens = line.split(" ")
         if len(tokens) > max_tokens:

@@ -122,6 +122,9 @@ def test_prepare_quotes_stay_with_their_sentence_and_lines_split():
 
 
 def test_prepare_empty_and_invisible_only_text():
+    first = prepare_sentences("北京是中国的首都。上海很大！")
+    first.append("changed by a caller")  # the cache hands out copies
+    assert prepare_sentences("北京是中国的首都。上海很大！") == ["北 京 是 中 国 的 首 都 。", "上 海 很 大 ！"]
     assert prepare_sentences("") == []
     assert prepare_sentences(" \u200b\n\t ") == []
     assert prepare_classifier_text("a b c d", max_tokens=2) == "a b"
