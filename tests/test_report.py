@@ -27,7 +27,7 @@ from common import storage
 from common.errors import KilnError
 from pipeline.cli import main
 from pipeline.report import ReportOptions, build_report, write_report
-from pipeline.report.data import histogram, take_rows, tally
+from pipeline.report.data import HistogramBuilder, file_batches, histogram, take_rows, tally
 from pipeline.report.eval import (
     DEFAULT_THRESHOLDS,
     EvalOptions,
@@ -67,6 +67,61 @@ def test_histogram_of_nothing_or_one_value():
     assert histogram(np.array([]), np.array([]))["edges"] == []
     h = histogram(np.array([3.0, 3.0]), np.array([]))
     assert h["kept"] == [2] and h["rejected"] == [0]
+
+
+def _streamed(kept: np.ndarray, rejected: np.ndarray, sample: int, batch: int) -> dict:
+    """HistogramBuilder fed the way the report feeds it: batches, then a counting pass."""
+    builder = HistogramBuilder(sample, seed=0, name="x")
+    for side, values in (("kept", kept), ("rejected", rejected)):
+        for chunk in np.array_split(values, max(1, len(values) // batch)):
+            builder.add(side, chunk)
+    if builder.needs_counting:
+        builder.edges()
+        for side, values in (("kept", kept), ("rejected", rejected)):
+            for chunk in np.array_split(values, 7):
+                builder.count_values(side, chunk)
+    return builder.result()
+
+
+def test_streamed_histogram_is_exact_within_the_sample_and_counts_exactly_beyond_it():
+    rng = np.random.default_rng(2)
+    kept = np.concatenate([rng.lognormal(5, 1, 20_000), [np.nan]])
+    rejected = rng.lognormal(3, 1, 3_000)
+    # Every value fits the sample: the very same result as the whole columns give.
+    assert _streamed(kept, rejected, sample=50_000, batch=999) == histogram(kept, rejected)
+    # A sample of 500 per side: counts, mean, min and max stay exact; edges and quantiles are
+    # close to the exact ones, and the result says it was sampled.
+    exact = histogram(kept, rejected)
+    h = _streamed(kept, rejected, sample=500, batch=999)
+    assert h["sample"] == {"kept": 500, "rejected": 500}
+    assert (h["count_kept"], h["count_rejected"]) == (20_000, 3_000)
+    assert sum(h["kept"]) == 20_000 and sum(h["rejected"]) == 3_000
+    assert h["scale"] == exact["scale"] == "log" and len(h["edges"]) == len(exact["edges"])
+    finite = kept[np.isfinite(kept)]
+    assert h["summary_kept"]["mean"] == pytest.approx(finite.mean(), rel=1e-12)
+    assert (h["summary_kept"]["min"], h["summary_kept"]["max"]) == (finite.min(), finite.max())
+    assert h["summary_kept"]["p50"] == pytest.approx(exact["summary_kept"]["p50"], rel=0.1)
+    assert h["edges"][-1] == pytest.approx(exact["edges"][-1], rel=0.3)
+    both = np.concatenate([finite, rejected])
+    assert h["below_range"] == int((both < h["edges"][0]).sum())
+    assert h["above_range"] == int((both > h["edges"][-1]).sum())
+    # The sample depends on the seed and the column, not on how the stream was cut (the
+    # mean's sum only up to rounding).
+    other = _streamed(kept, rejected, sample=500, batch=37)
+    for side in ("kept", "rejected"):
+        assert other[f"summary_{side}"].pop("mean") == pytest.approx(h[f"summary_{side}"].pop("mean"), rel=1e-12)
+    assert other == h
+
+
+def test_file_batches_stay_small_in_one_large_row_group(tmp_path):
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("abcdefghij "), 2000)) for _ in range(3000)]  # about 6 MB of text
+    pq.write_table(pa.table({"text": texts, "n": np.arange(3000)}), tmp_path / "p.parquet")
+    assert pq.ParquetFile(tmp_path / "p.parquet").metadata.num_row_groups == 1
+    batches = list(file_batches(str(tmp_path / "p.parquet"), ["text", "missing"]))
+    assert len(batches) > 3 and max(b.nbytes for b in batches) < 2 << 20
+    assert sum(b.num_rows for b in batches) == 3000 and batches[0].column_names == ["text", "missing"]
+    assert tally(tmp_path)["chars"] == 3000 * 2000
 
 
 def test_parse_thresholds():
