@@ -231,6 +231,8 @@ def test_errors_name_the_problem(tmp_path, capsys):
     _hand_made_run(tmp_path / "run")
     assert main(["report", str(tmp_path / "run"), "--thresholds", "toxic=lots"]) == 2
     assert "--thresholds" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "run"), "--hist-sample", "0"]) == 2
+    assert "--hist-sample must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path / "run"), "--sample", "5"])
 
@@ -393,6 +395,47 @@ def test_thresholds_and_sample_options(full_run, tmp_path):
     assert ids[0] == ids[1] != ids[2]
     capped = build_report(full_run, ReportOptions(evaluation=EvalOptions(fraction=1.0, min_docs=0, max_docs=50)))
     assert capped["evaluation"]["sample"] == 50
+
+
+@pytest.mark.ray
+def test_tiny_histogram_sample_keeps_counts_and_totals_and_says_so(full_run, tmp_path):
+    """A multi-stage run reported with a sample of 20 values per histogram side: every count
+    and total is the same as with all values, and the page says which figures are sampled."""
+    run = storage.read_json(full_run / "stats.json")
+    exact = write_report(full_run, ReportOptions(out_dir=str(tmp_path / "exact"))).model
+    result = write_report(full_run, ReportOptions(out_dir=str(tmp_path / "small"), hist_sample=20))
+    small = result.model
+    for key in ("overview", "funnel", "mix", "dedup", "buckets", "shards", "evaluation"):
+        assert small[key] == exact[key], key
+    assert [s["rejected_examples"] for s in small["stages"]] == [s["rejected_examples"] for s in exact["stages"]]
+    assert len(run["stages"]) >= 3 and len({h["stage"] for h in small["statistics"]}) >= 2
+    for h, e in zip(small["statistics"], exact["statistics"]):
+        assert (h["stage"], h["column"]) == (e["stage"], e["column"])
+        assert "sample" not in e
+        assert (h["count_kept"], h["count_rejected"]) == (e["count_kept"], e["count_rejected"])
+        assert (sum(h["kept"]), sum(h["rejected"])) == (h["count_kept"], h["count_rejected"])
+        for side in ("kept", "rejected"):
+            if f"summary_{side}" in e:
+                for stat in ("min", "max"):
+                    assert h[f"summary_{side}"][stat] == e[f"summary_{side}"][stat]
+                assert h[f"summary_{side}"]["mean"] == pytest.approx(e[f"summary_{side}"]["mean"], rel=1e-9)
+        if max(h["count_kept"], h["count_rejected"]) > 20:
+            assert h["sample"] == {"kept": min(20, h["count_kept"]), "rejected": min(20, h["count_rejected"])}
+        else:
+            assert h == e
+    # Every bin counted exactly: the chars histogram of the first stage against its data.
+    first = run["stages"][0]["folder"]
+    chars = next(h for h in small["statistics"] if h["column"] == "stat.chars" and h["stage"] == first)
+    values = storage.read_table(full_run / first / "data", ["stat.chars"]).column("stat.chars").to_numpy()
+    edges = np.array(chars["edges"])
+    assert chars["kept"] == np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)[0].tolist()
+    for h, e in zip(small["perplexity"]["per_lang"], exact["perplexity"]["per_lang"]):
+        assert h["lang"] == e["lang"] and h["count_kept"] == e["count_kept"] > 20 and "sample" in h
+        assert (sum(h["kept"]), sum(h["rejected"])) == (e["count_kept"], e["count_rejected"])
+    page = result.html.read_text()
+    assert page.count("</code> †") == len([h for h in small["statistics"] if "sample" in h]) > 0
+    assert page.count("uniform random sample (seeded) of up to 20 values") == 2  # statistics, perplexity
+    assert "uniform random sample" not in (tmp_path / "exact" / "index.html").read_text()
 
 
 @pytest.mark.ray

@@ -2,12 +2,12 @@
 
 The report reads the run folder only: `RUN/stats.json` (the stages' counts, per-operator
 rejections and the statistics global operators leave under `extra`), the stages' parquet
-folders (streamed a bounded batch of a few columns at a time, see `pipeline.report.data`: its
-memory does not grow with the corpus; histograms of more values than `hist_sample` take their
-bin edges and quantiles from a seeded uniform sample and say so), and
-`RUN/shards/manifest.json` when the run tokenized. It writes `RUN/report/report.json` (every number on the page) and
-`RUN/report/index.html` (plots embedded as SVG data URIs, no script, no network), and
-prints a terminal summary.
+folders (streamed a bounded batch of a few columns at a time, see `pipeline.report.data`, so
+its memory does not grow with the corpus; a histogram of more values than `--hist-sample`
+takes its bin edges and quantiles from a seeded uniform sample, and the page says so), and
+`RUN/shards/manifest.json` when the run tokenized. It writes `RUN/report/report.json` (every
+number on the page) and `RUN/report/index.html` (plots embedded as SVG data URIs, no script,
+no network), and prints a terminal summary.
 
 Sections appear when their data is in the run, with a one-line note otherwise, so a run with
 any mix of operators gets a report. The conventions other operators follow in `extra` are
