@@ -229,9 +229,7 @@ class Plots:
             clipped = (hist.get("below_range") or 0) + (hist.get("above_range") or 0)
             if clipped:
                 note += f", {clipped:,} outliers in end bins"
-            if hist.get("sample"):
-                note += ", bins from a sample"
-            ax.set_title(plot_label(title) + (f"  ({note[2:]})" if note else ""))
+            ax.set_title(plot_label(title) + sampled_mark(hist) + (f"  ({note[2:]})" if note else ""))
             ax.set_ylabel("documents")
         return self.image(f"histogram of {title}")
 
