@@ -223,8 +223,8 @@ def _rejected_examples(stage_dir: Path, per_reason: int, max_chars: int, seed: i
     """A few documents per rejection reason, chosen at random (seeded) from the rejected
     folder; only their rows' text is read.
 
-    Text is read a whole row group at a time, so examples are drawn from row groups already
-    chosen for another reason where the reason occurs there: a stage with forty reasons then
+    Taking a row's text decodes its whole row group's text (a batch at a time), so examples
+    are drawn from row groups already chosen for another reason where the reason occurs there: a stage with forty reasons then
     reads a few row groups of text, not forty. The choice needs only how many rows of each
     reason each row group holds (counted a batch at a time); the rows themselves are then
     found by reading the reasons of the chosen row groups again."""
