@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -78,20 +77,3 @@ def op_rows(labels: Iterable[tuple[str, str, str]], docs_in: int, rejected: Mapp
             remaining -= dropped
     return rows
 
-
-def describe_column(values: pa.ChunkedArray | pa.Array, bins: int = 20) -> dict[str, Any] | None:
-    """Summary of a numeric statistic column: count, mean, quantiles, a histogram."""
-    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
-        return None
-    data = array.drop_null().to_numpy(zero_copy_only=False).astype(float)
-    data = data[np.isfinite(data)]
-    if data.size == 0:
-        return {"count": 0}
-    counts, edges = np.histogram(data, bins=bins)
-    q = np.quantile(data, [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
-    return {
-        "count": int(data.size), "mean": float(data.mean()), "min": float(data.min()), "max": float(data.max()),
-        "quantiles": dict(zip(["p01", "p10", "p25", "p50", "p75", "p90", "p99"], map(float, q))),
-        "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
-    }

@@ -27,7 +27,7 @@ from common import storage
 from common.errors import KilnError
 from pipeline.cli import main
 from pipeline.report import ReportOptions, build_report, write_report
-from pipeline.report.data import histogram, take_rows, tally
+from pipeline.report.data import HistogramBuilder, file_batches, histogram, take_rows, tally
 from pipeline.report.eval import (
     DEFAULT_THRESHOLDS,
     EvalOptions,
@@ -67,6 +67,61 @@ def test_histogram_of_nothing_or_one_value():
     assert histogram(np.array([]), np.array([]))["edges"] == []
     h = histogram(np.array([3.0, 3.0]), np.array([]))
     assert h["kept"] == [2] and h["rejected"] == [0]
+
+
+def _streamed(kept: np.ndarray, rejected: np.ndarray, sample: int, batch: int) -> dict:
+    """HistogramBuilder fed the way the report feeds it: batches, then a counting pass."""
+    builder = HistogramBuilder(sample, seed=0, name="x")
+    for side, values in (("kept", kept), ("rejected", rejected)):
+        for chunk in np.array_split(values, max(1, len(values) // batch)):
+            builder.add(side, chunk)
+    if builder.needs_counting:
+        builder.edges()
+        for side, values in (("kept", kept), ("rejected", rejected)):
+            for chunk in np.array_split(values, 7):
+                builder.count_values(side, chunk)
+    return builder.result()
+
+
+def test_streamed_histogram_is_exact_within_the_sample_and_counts_exactly_beyond_it():
+    rng = np.random.default_rng(2)
+    kept = np.concatenate([rng.lognormal(5, 1, 20_000), [np.nan]])
+    rejected = rng.lognormal(3, 1, 3_000)
+    # Every value fits the sample: the very same result as the whole columns give.
+    assert _streamed(kept, rejected, sample=50_000, batch=999) == histogram(kept, rejected)
+    # A sample of 500 per side: counts, mean, min and max stay exact; edges and quantiles are
+    # close to the exact ones, and the result says it was sampled.
+    exact = histogram(kept, rejected)
+    h = _streamed(kept, rejected, sample=500, batch=999)
+    assert h["sample"] == {"kept": 500, "rejected": 500}
+    assert (h["count_kept"], h["count_rejected"]) == (20_000, 3_000)
+    assert sum(h["kept"]) == 20_000 and sum(h["rejected"]) == 3_000
+    assert h["scale"] == exact["scale"] == "log" and len(h["edges"]) == len(exact["edges"])
+    finite = kept[np.isfinite(kept)]
+    assert h["summary_kept"]["mean"] == pytest.approx(finite.mean(), rel=1e-12)
+    assert (h["summary_kept"]["min"], h["summary_kept"]["max"]) == (finite.min(), finite.max())
+    assert h["summary_kept"]["p50"] == pytest.approx(exact["summary_kept"]["p50"], rel=0.1)
+    assert h["edges"][-1] == pytest.approx(exact["edges"][-1], rel=0.3)
+    both = np.concatenate([finite, rejected])
+    assert h["below_range"] == int((both < h["edges"][0]).sum())
+    assert h["above_range"] == int((both > h["edges"][-1]).sum())
+    # The sample depends on the seed and the column, not on how the stream was cut (the
+    # mean's sum only up to rounding).
+    other = _streamed(kept, rejected, sample=500, batch=37)
+    for side in ("kept", "rejected"):
+        assert other[f"summary_{side}"].pop("mean") == pytest.approx(h[f"summary_{side}"].pop("mean"), rel=1e-12)
+    assert other == h
+
+
+def test_file_batches_stay_small_in_one_large_row_group(tmp_path):
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("abcdefghij "), 2000)) for _ in range(3000)]  # about 6 MB of text
+    pq.write_table(pa.table({"text": texts, "n": np.arange(3000)}), tmp_path / "p.parquet")
+    assert pq.ParquetFile(tmp_path / "p.parquet").metadata.num_row_groups == 1
+    batches = list(file_batches(str(tmp_path / "p.parquet"), ["text", "missing"]))
+    assert len(batches) > 3 and max(b.nbytes for b in batches) < 2 << 20
+    assert sum(b.num_rows for b in batches) == 3000 and batches[0].column_names == ["text", "missing"]
+    assert tally(tmp_path)["chars"] == 3000 * 2000
 
 
 def test_parse_thresholds():
@@ -176,6 +231,8 @@ def test_errors_name_the_problem(tmp_path, capsys):
     _hand_made_run(tmp_path / "run")
     assert main(["report", str(tmp_path / "run"), "--thresholds", "toxic=lots"]) == 2
     assert "--thresholds" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "run"), "--hist-sample", "0"]) == 2
+    assert "--hist-sample must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path / "run"), "--sample", "5"])
 
@@ -338,6 +395,47 @@ def test_thresholds_and_sample_options(full_run, tmp_path):
     assert ids[0] == ids[1] != ids[2]
     capped = build_report(full_run, ReportOptions(evaluation=EvalOptions(fraction=1.0, min_docs=0, max_docs=50)))
     assert capped["evaluation"]["sample"] == 50
+
+
+@pytest.mark.ray
+def test_tiny_histogram_sample_keeps_counts_and_totals_and_says_so(full_run, tmp_path):
+    """A multi-stage run reported with a sample of 20 values per histogram side: every count
+    and total is the same as with all values, and the page says which figures are sampled."""
+    run = storage.read_json(full_run / "stats.json")
+    exact = write_report(full_run, ReportOptions(out_dir=str(tmp_path / "exact"))).model
+    result = write_report(full_run, ReportOptions(out_dir=str(tmp_path / "small"), hist_sample=20))
+    small = result.model
+    for key in ("overview", "funnel", "mix", "dedup", "buckets", "shards", "evaluation"):
+        assert small[key] == exact[key], key
+    assert [s["rejected_examples"] for s in small["stages"]] == [s["rejected_examples"] for s in exact["stages"]]
+    assert len(run["stages"]) >= 3 and len({h["stage"] for h in small["statistics"]}) >= 2
+    for h, e in zip(small["statistics"], exact["statistics"]):
+        assert (h["stage"], h["column"]) == (e["stage"], e["column"])
+        assert "sample" not in e
+        assert (h["count_kept"], h["count_rejected"]) == (e["count_kept"], e["count_rejected"])
+        assert (sum(h["kept"]), sum(h["rejected"])) == (h["count_kept"], h["count_rejected"])
+        for side in ("kept", "rejected"):
+            if f"summary_{side}" in e:
+                for stat in ("min", "max"):
+                    assert h[f"summary_{side}"][stat] == e[f"summary_{side}"][stat]
+                assert h[f"summary_{side}"]["mean"] == pytest.approx(e[f"summary_{side}"]["mean"], rel=1e-9)
+        if max(h["count_kept"], h["count_rejected"]) > 20:
+            assert h["sample"] == {"kept": min(20, h["count_kept"]), "rejected": min(20, h["count_rejected"])}
+        else:
+            assert h == e
+    # Every bin counted exactly: the chars histogram of the first stage against its data.
+    first = run["stages"][0]["folder"]
+    chars = next(h for h in small["statistics"] if h["column"] == "stat.chars" and h["stage"] == first)
+    values = storage.read_table(full_run / first / "data", ["stat.chars"]).column("stat.chars").to_numpy()
+    edges = np.array(chars["edges"])
+    assert chars["kept"] == np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)[0].tolist()
+    for h, e in zip(small["perplexity"]["per_lang"], exact["perplexity"]["per_lang"]):
+        assert h["lang"] == e["lang"] and h["count_kept"] == e["count_kept"] > 20 and "sample" in h
+        assert (sum(h["kept"]), sum(h["rejected"])) == (e["count_kept"], e["count_rejected"])
+    page = result.html.read_text()
+    assert page.count("</code> †") == len([h for h in small["statistics"] if "sample" in h]) > 0
+    assert page.count("uniform random sample (seeded) of up to 20 values") == 2  # statistics, perplexity
+    assert "uniform random sample" not in (tmp_path / "exact" / "index.html").read_text()
 
 
 @pytest.mark.ray

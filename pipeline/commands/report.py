@@ -31,7 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="evaluate at least this many documents, or all when fewer (default 1000)")
     p.add_argument("--sample-max", type=int, default=100_000, metavar="N",
                    help="evaluate at most this many documents (default 100,000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation and example samples (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the evaluation, example and histogram samples (default 0)")
+    p.add_argument("--hist-sample", type=int, metavar="N",
+                   help="a statistic with more values than this per side (kept, rejected) takes its bin "
+                        "edges and quantiles from a uniform sample of N values, and the page says so; "
+                        "counts, means, minima and maxima stay exact (default 100,000)")
     p.add_argument("--thresholds", metavar="NAME=X,...",
                    help="unqualified above these rates (hits per 1,000 characters); defaults "
                         "privacy=1,toxic=0.5,ad=1,html=1; perplexity is judged only when given: ppl=N "
@@ -50,9 +55,14 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.sample_min < 0 or args.sample_max < 1:
         raise KilnError("--sample-min must be >= 0 and --sample-max >= 1")
+    if args.hist_sample is not None and args.hist_sample < 1:
+        raise KilnError("--hist-sample must be >= 1")
     evaluation = EvalOptions(fraction=args.sample, min_docs=args.sample_min, max_docs=args.sample_max, seed=args.seed,
                              thresholds=parse_thresholds(args.thresholds))
-    result = write_report(args.run, ReportOptions(out_dir=args.out, evaluation=evaluation))
+    options = ReportOptions(out_dir=args.out, evaluation=evaluation)
+    if args.hist_sample is not None:
+        options.hist_sample = args.hist_sample
+    result = write_report(args.run, options)
     if args.quiet:
         print(result.html)
     else:

@@ -2,10 +2,12 @@
 
 The report reads the run folder only: `RUN/stats.json` (the stages' counts, per-operator
 rejections and the statistics global operators leave under `extra`), the stages' parquet
-folders (column by column, see `pipeline.report.data`), and `RUN/shards/manifest.json` when the run
-tokenized. It writes `RUN/report/report.json` (every number on the page) and
-`RUN/report/index.html` (plots embedded as SVG data URIs, no script, no network), and
-prints a terminal summary.
+folders (streamed a bounded batch of a few columns at a time, see `pipeline.report.data`, so
+its memory does not grow with the corpus; a histogram of more values than `--hist-sample`
+takes its bin edges and quantiles from a seeded uniform sample, and the page says so), and
+`RUN/shards/manifest.json` when the run tokenized. It writes `RUN/report/report.json` (every
+number on the page) and `RUN/report/index.html` (plots embedded as SVG data URIs, no script,
+no network), and prints a terminal summary.
 
 Sections appear when their data is in the run, with a one-line note otherwise, so a run with
 any mix of operators gets a report. The conventions other operators follow in `extra` are
@@ -13,7 +15,7 @@ drawn specially: dedup (`cluster_size_histogram`, `clusters`, `docs_removed`,
 `bytes_removed`), perplexity (`cutoffs` per language on `stat.ppl`), buckets (`buckets`,
 `curriculum`); anything else an operator reports is listed as is.
 
-The output depends only on the run folder and the options (no clock, a seeded sample,
+The output depends only on the run folder and the options (no clock, seeded samples,
 deterministic SVG), so reporting twice writes the same files.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +36,15 @@ from common import storage
 from common.errors import KilnError
 from operators.base import REJECT_DETAIL, REJECT_OP, REJECT_REASON, WOULD_REJECT
 from pipeline.report.data import (
+    HIST_SAMPLE,
+    HistogramBuilder,
+    file_batches,
     files_of,
     flagged,
-    histogram,
-    labels_of,
+    iter_batches,
+    label_groups,
     numeric_values,
-    read_columns,
-    row_groups_of,
+    row_groups,
     schema_of,
     stat_columns,
     take_rows,
@@ -52,6 +57,8 @@ PPL_COLUMN = "stat.ppl"
 REJECTED_EXAMPLES = 2
 MAX_REASONS_WITH_EXAMPLES = 40
 MAX_SHARD_ROWS = 50
+# Memory the histograms' samples of the columns read together may hold.
+SAMPLES_BYTES = 32 << 20
 
 
 @dataclass
@@ -60,6 +67,8 @@ class ReportOptions:
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     rejected_examples: int = REJECTED_EXAMPLES
     example_chars: int = 400
+    # Values per side of a statistic kept for its bins and quantiles (see HistogramBuilder).
+    hist_sample: int = HIST_SAMPLE
 
 
 @dataclass
@@ -166,60 +175,140 @@ def _funnel(run: dict[str, Any], stage_tallies: list[dict[str, Any]], analyze: b
             "stages": stage_rows, "steps": steps}
 
 
-def _stage_histograms(stage_dir: Path, columns: list[str], analyze: bool) -> list[dict[str, Any]]:
+def _folder_sides(stage_dir: Path, analyze: bool) -> list[tuple[Path, str | None]]:
+    """Where a stage's kept and rejected documents are: (folder, side), with side None
+    when the folder holds both, told apart by `would_reject` (an analyze run)."""
+    if analyze:
+        return [(stage_dir / storage.DATA, None)]
+    return [(stage_dir / storage.DATA, "kept"), (stage_dir / storage.REJECTED, "rejected")]
+
+
+def _stream_sides(stage_dir: Path, columns: list[str], analyze: bool) -> Iterator[tuple[str, pa.Table]]:
+    """A stage's rows as (side, batch of `columns`), a bounded batch at a time."""
+    for folder, side in _folder_sides(stage_dir, analyze):
+        for batch in iter_batches(folder, [*columns, WOULD_REJECT] if side is None else columns):
+            if side is not None:
+                yield side, batch
+                continue
+            would = pa.array(flagged(batch.column(WOULD_REJECT)))
+            yield "kept", batch.filter(pc.invert(would))
+            yield "rejected", batch.filter(would)
+
+
+def _stage_histograms(stage_dir: Path, columns: list[str], analyze: bool, sample: int,
+                      seed: int) -> list[dict[str, Any]]:
+    """One histogram per column, the values streamed a few columns at a time (twice where a
+    side holds more than `sample` values: once for the samples, once to count the bins).
+    As many columns are read together as keep their samples within `SAMPLES_BYTES`."""
     out = []
-    for column in columns:
-        if analyze:
-            table = read_columns(stage_dir / storage.DATA, [column, WOULD_REJECT])
-            values = numeric_values(table.column(column))
-            would = flagged(table.column(WOULD_REJECT))
-            kept, rejected = values[~would], values[would]
-        else:
-            kept = numeric_values(read_columns(stage_dir / storage.DATA, [column]).column(column))
-            rejected = numeric_values(read_columns(stage_dir / storage.REJECTED, [column]).column(column))
-        out.append({"column": column, "stage": stage_dir.name, **histogram(kept, rejected)})
+    together = max(1, SAMPLES_BYTES // (HistogramBuilder.bytes_per_value * max(1, sample)))
+    for start in range(0, len(columns), together):
+        group = columns[start:start + together]
+        builders = {c: HistogramBuilder(sample, seed, f"{stage_dir.name}/{c}") for c in group}
+        for side, batch in _stream_sides(stage_dir, group, analyze):
+            for c in group:
+                builders[c].add(side, numeric_values(batch.column(c)))
+        counting = [c for c in group if builders[c].needs_counting]
+        for c in counting:
+            builders[c].edges()
+        if counting:
+            for side, batch in _stream_sides(stage_dir, counting, analyze):
+                for c in counting:
+                    builders[c].count_values(side, numeric_values(batch.column(c)))
+        out.extend({"column": c, "stage": stage_dir.name, **builders[c].result()} for c in group)
     return out
 
 
 def _rejected_examples(stage_dir: Path, per_reason: int, max_chars: int, seed: int) -> dict[str, list[dict[str, Any]]]:
     """A few documents per rejection reason, chosen at random (seeded) from the rejected
-    folder; only their rows' text is read."""
+    folder; only their rows' text is read.
+
+    Taking a row's text decodes its whole row group's text (a batch at a time), so examples
+    are drawn from row groups already chosen for another reason where the reason occurs there: a stage with forty reasons then
+    reads a few row groups of text, not forty. The choice needs only how many rows of each
+    reason each row group holds (counted a batch at a time); the rows themselves are then
+    found by reading the reasons of the chosen row groups again."""
     folder = stage_dir / storage.REJECTED
     files = files_of(folder)
     if not files or per_reason <= 0:
         return {}
-    keys = read_columns(folder, [REJECT_OP, REJECT_REASON])
-    labels = pc.binary_join_element_wise(pc.fill_null(keys.column(REJECT_OP).cast(pa.string()), "?"),
-                                         pc.fill_null(keys.column(REJECT_REASON).cast(pa.string()), "unspecified"),
-                                         "/").combine_chunks()
-    counts = pc.value_counts(labels)
-    frequent = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()),
+    groups = row_groups(files)
+    counts: dict[str, dict[int, int]] = {}
+    for index, (f, g, _, _) in enumerate(groups):
+        for label, n in _label_counts(files[f], g).items():
+            counts.setdefault(label, {})[index] = n
+    frequent = sorted(((label, sum(by_group.values())) for label, by_group in counts.items()),
                       key=lambda kv: (-kv[1], kv[0]))[:MAX_REASONS_WITH_EXAMPLES]
     rng = np.random.default_rng(seed)
-    # Text is read a whole row group at a time, so examples are drawn from row groups
-    # already chosen for another reason where the reason occurs there: a stage with forty
-    # reasons then reads a few row groups of text, not forty.
-    group_of = row_groups_of(files, len(labels))
     opened: set[int] = set()
-    chosen: dict[str, list[int]] = {}
-    for label, _ in frequent:
-        rows = np.flatnonzero(pc.equal(labels, label).to_numpy(zero_copy_only=False))
-        in_opened = rows[np.isin(group_of[rows], list(opened))]
-        pool = in_opened if len(in_opened) >= min(per_reason, len(rows)) else rows
-        if pool is rows:
-            first = rng.choice(rows)
-            pool = rows[group_of[rows] == group_of[first]]
-            if len(pool) < per_reason:
-                pool = rows
-        picked = rng.choice(pool, size=min(per_reason, len(pool)), replace=False)
-        opened.update(group_of[picked].tolist())
-        chosen[label] = sorted(picked.tolist())
-    positions = sorted(p for rows in chosen.values() for p in rows)
-    table = take_rows(files, positions, ["id", "text", "source", "lang", REJECT_DETAIL])
-    rows = dict(zip(positions, table.to_pylist()))
+    chosen: dict[str, list[tuple[int, int]]] = {}  # label -> (row group, n-th row of the label there)
+    for label, total in frequent:
+        by_group = counts[label]
+        need = min(per_reason, total)
+        pool = {g: n for g, n in by_group.items() if g in opened}
+        if sum(pool.values()) < need:
+            first = _nth_row(by_group, int(rng.integers(total)))[0]
+            pool = {first: by_group[first]} if by_group[first] >= per_reason else by_group
+        picked = rng.choice(sum(pool.values()), size=need, replace=False)
+        chosen[label] = sorted(_nth_row(pool, int(i)) for i in picked)
+        opened.update(g for g, _ in chosen[label])
+    positions = _positions_of(files, groups, chosen)
+    table = take_rows(files, sorted(p for ps in positions.values() for p in ps),
+                      ["id", "text", "source", "lang", REJECT_DETAIL])
+    rows = dict(zip(sorted(p for ps in positions.values() for p in ps), table.to_pylist()))
     return {label: [{"id": rows[p].get("id"), "source": rows[p].get("source"), "lang": rows[p].get("lang"),
                      "detail": rows[p].get(REJECT_DETAIL), "text": excerpt(rows[p].get("text"), max_chars)}
-                    for p in ps] for label, ps in chosen.items()}
+                    for p in sorted(positions[label])] for label, _ in frequent}
+
+
+def _reason_labels(batch: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(pc.fill_null(batch.column(REJECT_OP).cast(pa.string()), "?"),
+                                       pc.fill_null(batch.column(REJECT_REASON).cast(pa.string()), "unspecified"),
+                                       "/").combine_chunks()
+
+
+def _label_counts(path: str, group: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for batch in file_batches(path, [REJECT_OP, REJECT_REASON], [group]):
+        counts = pc.value_counts(_reason_labels(batch))
+        for label, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+            out[label] = out.get(label, 0) + n
+    return out
+
+
+def _nth_row(by_group: dict[int, int], i: int) -> tuple[int, int]:
+    """The i-th row of a label counted across row groups in order, as (row group, n-th
+    row of the label in that group)."""
+    for group in sorted(by_group):
+        if i < by_group[group]:
+            return group, i
+        i -= by_group[group]
+    raise IndexError(i)
+
+
+def _positions_of(files: list[str], groups: list[tuple[int, int, int, int]],
+                  chosen: dict[str, list[tuple[int, int]]]) -> dict[str, list[int]]:
+    """Row positions (across files) of each label's chosen (row group, n-th row) pairs,
+    reading the reasons of those row groups only."""
+    wanted: dict[int, dict[str, list[int]]] = {}
+    for label, picks in chosen.items():
+        for group, nth in picks:
+            wanted.setdefault(group, {}).setdefault(label, []).append(nth)
+    out: dict[str, list[int]] = {label: [] for label in chosen}
+    for group, by_label in sorted(wanted.items()):
+        f, g, start, _ = groups[group]
+        seen = dict.fromkeys(by_label, 0)
+        offset = start
+        for batch in file_batches(files[f], [REJECT_OP, REJECT_REASON], [g]):
+            labels = _reason_labels(batch)
+            for label, nths in by_label.items():
+                rows = np.flatnonzero(pc.equal(labels, label).to_numpy(zero_copy_only=False))
+                for nth in nths:
+                    if seen[label] <= nth < seen[label] + rows.size:
+                        out[label].append(offset + int(rows[nth - seen[label]]))
+                seen[label] += rows.size
+            offset += batch.num_rows
+    return out
 
 
 def _is_dedup(extra: dict[str, Any]) -> bool:
@@ -241,9 +330,11 @@ def _dedup_section(stage: dict[str, Any], label: str, extra: dict[str, Any]) -> 
             "largest_cluster": sizes[-1][0] if sizes else None}
 
 
-def _ppl_section(run_dir: Path, stages: list[dict[str, Any]], first_seen: dict[str, str]) -> dict[str, Any] | None:
+def _ppl_section(run_dir: Path, stages: list[dict[str, Any]], first_seen: dict[str, str], sample: int,
+                 seed: int) -> dict[str, Any] | None:
     """Perplexity per language with the cut lines, from the stage whose operator reported
-    `cutoffs` (else the stage where the perplexity column first appears, without lines)."""
+    `cutoffs` (else the stage where the perplexity column first appears, without lines),
+    streamed like the statistics (`HistogramBuilder`)."""
     found: tuple[dict[str, Any], str, dict[str, Any]] | None = None
     for st in stages:
         for label, extra in (st.get("extra") or {}).items():
@@ -263,19 +354,29 @@ def _ppl_section(run_dir: Path, stages: list[dict[str, Any]], first_seen: dict[s
         return None
     stage_dir = run_dir / folder
     analyze = any(s.get("analyze") for s in stages)
-    if analyze:
-        table = read_columns(stage_dir / storage.DATA, [column, "lang", WOULD_REJECT])
-        would = flagged(table.column(WOULD_REJECT))
-        kept_t, rejected_t = table.filter(~would), table.filter(would)
-    else:
-        kept_t = read_columns(stage_dir / storage.DATA, [column, "lang"])
-        rejected_t = read_columns(stage_dir / storage.REJECTED, [column, "lang"])
+    builders: dict[str, HistogramBuilder] = {}
+
+    def by_lang() -> Iterator[tuple[str, str, np.ndarray]]:
+        for side, batch in _stream_sides(stage_dir, [column, "lang"], analyze):
+            values = numeric_values(batch.column(column))
+            for lang, mask in label_groups(batch.column("lang")):
+                yield side, lang, values[mask]
+
+    for side, lang, values in by_lang():
+        if lang not in builders and np.isfinite(values).any():
+            builders[lang] = HistogramBuilder(sample, seed, f"{folder}/{column}/{lang}")
+        if lang in builders:
+            builders[lang].add(side, values)
+    if any(b.needs_counting for b in builders.values()):
+        for b in builders.values():
+            if b.needs_counting:
+                b.edges()
+        for side, lang, values in by_lang():
+            if lang in builders and builders[lang].needs_counting:
+                builders[lang].count_values(side, values)
     per_lang = []
-    kept_langs, rejected_langs = labels_of(kept_t.column("lang")), labels_of(rejected_t.column("lang"))
-    kept_v, rejected_v = numeric_values(kept_t.column(column)), numeric_values(rejected_t.column(column))
-    langs = sorted(set(kept_langs[np.isfinite(kept_v)]) | set(rejected_langs[np.isfinite(rejected_v)]))
-    for lang in langs:
-        hist = histogram(kept_v[kept_langs == lang], rejected_v[rejected_langs == lang])
+    for lang in sorted(builders):
+        hist = builders[lang].result()
         lines = {k: float(v) for k, v in (cutoffs.get(lang) or {}).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
         per_lang.append({"lang": lang, "cutoffs": lines, **hist})
@@ -410,7 +511,8 @@ def build_report(run_dir: str | os.PathLike, options: ReportOptions | None = Non
         numeric, other = stat_columns(schema)
         # A column without a value in this stage (`stat.decode_replacements` outside
         # `on_decode_error: replace`) has nothing to plot yet: it counts as new where it has one.
-        histograms = [h for h in _stage_histograms(stage_dir, [c for c in numeric if c not in first_seen], analyze)
+        histograms = [h for h in _stage_histograms(stage_dir, [c for c in numeric if c not in first_seen], analyze,
+                                                   options.hist_sample, seed)
                       if h["count_kept"] + h["count_rejected"] > 0]
         new = [h["column"] for h in histograms]
         for c in new:
@@ -438,7 +540,7 @@ def build_report(run_dir: str | os.PathLike, options: ReportOptions | None = Non
                 dedup.append(_dedup_section(st, label, extra))
             if isinstance(extra.get("buckets"), list):
                 buckets.append(_bucket_section(st, label, extra, manifest_json))
-    perplexity = _ppl_section(run_dir, stages, first_seen)
+    perplexity = _ppl_section(run_dir, stages, first_seen, options.hist_sample, seed)
 
     mix: dict[str, Any] = {}
     if stage_tallies and stage_tallies[0]["kept"] is not None:

@@ -137,6 +137,22 @@ def note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
 
 
+def sampled_note(hists: Iterable[dict[str, Any]]) -> str:
+    """What a sampled histogram's figures come from (see pipeline.report.data.HistogramBuilder),
+    or nothing when every histogram was computed from all values."""
+    sizes = [n for h in hists for n in (h.get("sample") or {}).values()]
+    if not sizes:
+        return ""
+    return (f"<p>Histograms marked † have more values than the report samples: their bin edges and "
+            f"their p1, median and p99 come from a uniform random sample (seeded) of up to "
+            f"{num(max(sizes))} values each of the kept and the rejected documents; the counts in "
+            f"every bin, the documents, means, minima and maxima are exact.</p>")
+
+
+def sampled_mark(hist: dict[str, Any]) -> str:
+    return " †" if hist.get("sample") else ""
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -213,7 +229,7 @@ class Plots:
             clipped = (hist.get("below_range") or 0) + (hist.get("above_range") or 0)
             if clipped:
                 note += f", {clipped:,} outliers in end bins"
-            ax.set_title(plot_label(title) + (f"  ({note[2:]})" if note else ""))
+            ax.set_title(plot_label(title) + sampled_mark(hist) + (f"  ({note[2:]})" if note else ""))
             ax.set_ylabel("documents")
         return self.image(f"histogram of {title}")
 
@@ -482,7 +498,7 @@ def _statistics(m: dict[str, Any], plots: Plots) -> str:
     parts = ['<section id="statistics"><h2>Statistics</h2>',
              "<p>Every numeric <code>stat.*</code> column, drawn in the stage where it first appears: the "
              "documents that stage kept and those it rejected. Values beyond the 0.1% and 99.9% quantiles of "
-             "large columns are counted in the end bins.</p>"]
+             "large columns are counted in the end bins.</p>", sampled_note(m["statistics"])]
     stages = list(dict.fromkeys(h["stage"] for h in m["statistics"]))
     for stage in stages:
         hists = [h for h in m["statistics"] if h["stage"] == stage]
@@ -492,8 +508,9 @@ def _statistics(m: dict[str, Any], plots: Plots) -> str:
         rows = []
         for h in hists:
             k, r = h.get("summary_kept", {}), h.get("summary_rejected", {})
-            rows.append((f"<code>{esc(h['column'])}</code>", num(h["count_kept"]), num(k.get("p01")), num(k.get("p50")),
-                         num(k.get("p99")), num(h["count_rejected"]), num(r.get("p50"))))
+            rows.append((f"<code>{esc(h['column'])}</code>{sampled_mark(h)}", num(h["count_kept"]),
+                         num(k.get("p01")), num(k.get("p50")), num(k.get("p99")), num(h["count_rejected"]),
+                         num(r.get("p50"))))
         parts.append(table(["column", "kept", "p1", "median", "p99", labels[1], "median"], rows,
                            numeric=range(1, 7)))
     parts.append("</section>")
@@ -529,11 +546,11 @@ def _perplexity(m: dict[str, Any], plots: Plots) -> str:
     parts = ['<section id="perplexity"><h2>Perplexity</h2>',
              f"<p><code>{esc(p['column'])}</code> per language in {where}, kept and "
              f"{'would-be-rejected' if analyze else 'rejected'} documents, with the cut-offs the operator chose "
-             "(dashed lines).</p>"]
+             "(dashed lines).</p>", sampled_note(p["per_lang"])]
     grid = [plots.histogram(h, f"{p['column']} · {h['lang']}", h["cutoffs"],
                             labels=("kept", "would be rejected" if analyze else "rejected")) for h in p["per_lang"]]
     parts.append(f'<div class="grid">{"".join(grid)}</div>')
-    rows = [(esc(h["lang"]), num(h["count_kept"]), num(h.get("summary_kept", {}).get("p50")), num(h["count_rejected"]),
+    rows = [(esc(h["lang"]) + sampled_mark(h), num(h["count_kept"]), num(h.get("summary_kept", {}).get("p50")), num(h["count_rejected"]),
              esc(", ".join(f"{k} = {num(v)}" for k, v in h["cutoffs"].items()) or "–")) for h in p["per_lang"]]
     parts.append(table(["language", "kept", "median", "rejected", "cut-offs"], rows, numeric=range(1, 4)))
     parts.append("</section>")
