@@ -440,6 +440,8 @@ def _parquet_batches(file: InputFile, spec: InputSpec, batch_rows: int, batch_by
                   else list(range(parquet.metadata.num_row_groups)))
     row = file.first_row
     for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups):
+        if batch.num_rows == 0:  # an empty row group: nothing to read, nothing to count
+            continue
         table = _columnar_rows(file, spec, pa.Table.from_batches([batch]), row, text_field, names)
         row += table.num_rows
         # Within `batch_bytes` like the other readers, however long the documents are.

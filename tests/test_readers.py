@@ -141,6 +141,22 @@ def test_empty_file_yields_no_rows_and_ids_are_stable(tmp_path):
     assert first == read(tmp_path, path=str(path)).column("id").to_pylist() == ["w:w.jsonl:1", "w:w.jsonl:2", "w:w.jsonl:3"]
 
 
+def test_parquet_with_empty_row_groups_reads_every_row(tmp_path):
+    path = tmp_path / "gaps.parquet"
+    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        writer.write_table(pa.table({"id": [], "text": []}, schema=schema))
+        writer.write_table(pa.table({"id": ["a"], "text": ["first document"]}, schema=schema))
+        writer.write_table(pa.table({"id": [], "text": []}, schema=schema))
+        writer.write_table(pa.table({"id": ["b"], "text": ["second document"]}, schema=schema))
+    assert pq.ParquetFile(path).metadata.num_row_groups == 4
+    table = read(tmp_path, path=str(path), id_field="id")
+    assert table.column("text").to_pylist() == ["first document", "second document"]
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"id": [], "text": []}, schema=schema), empty)
+    assert read(tmp_path, path=str(empty), id_field="id").num_rows == 0
+
+
 def test_real_reviews_file_reads_every_line(shared_data):
     path = shared_data / "zh_uer_corpora/corpora/chnsenticorp.txt"
     table = read(None, path=str(path), source="reviews")
