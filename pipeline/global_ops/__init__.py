@@ -261,6 +261,7 @@ class InputUnit:
 
         renames_file = storage.location(self.renames_dir) / f"{number:06d}.parquet"
         recorded = storage.parquet_file(str(renames_file)).read() if renames_file.is_file() else None
+        recorded_positions = recorded.column("position").to_numpy() if recorded is not None else None
         claims = self.claims if self.claims is not None else IdClaims()
         new_positions: list[int] = []
         new_ids: list[str] = []
@@ -268,16 +269,18 @@ class InputUnit:
         for table, seconds in timed_batches(self.files, batch_rows):
             started = time.perf_counter()
             n = table.num_rows
-            ids = table.column("id").to_pylist()
             if recorded is None:
+                ids = table.column("id").to_pylist()
                 renamed = claims.claim(ids)
                 new_positions += [position + i for i in renamed]
                 new_ids += list(renamed.values())
             else:
-                where = recorded.column("position").to_numpy()
+                # A replay: only the recorded renames inside this batch, no claims.
+                where = recorded_positions
                 inside = np.flatnonzero((where >= position) & (where < position + n))
                 renamed = dict(zip((where[inside] - position).tolist(),
                                    recorded.column("id").take(pa.array(inside)).to_pylist()))
+                ids = table.column("id").to_pylist() if renamed else []
             if renamed:
                 for i, new_id in renamed.items():
                     ids[i] = new_id
