@@ -361,6 +361,8 @@ def test_run_writes_shards_a_trainer_can_read(tmp_path, tok_dir, docs, run_confi
     assert rows.column("stat.tokens").to_numpy().min() > 0
     extra = stage["extra"]["tokenize_pack"]
     assert extra["shards"] == len(manifest.shards) and extra["non_padding_fraction"] > 0.99
+    # One input file, one encode task on 2 CPUs: the encoder's thread pool uses the idle one.
+    assert extra["encode_tasks"] == 1 and extra["parallel_encode"] is True
 
     assert main(["inspect", str(run), "--rows", "2"]) == 0
     out = capsys.readouterr().out
@@ -441,6 +443,8 @@ def test_ray_encodes_in_the_read_tasks_without_a_scratch_copy(tmp_path, tok_dir,
     stage = stats["stages"][0]
     assert stage["docs_in"] == 164 and stage["docs_out"] == 160 and stage["rejected"] == {"read/empty_text": 4}
     assert stage["bytes_in"] == sum(len(t.encode()) for t in texts) + 8
+    # As many encode tasks as CPUs or more: one encoder thread each.
+    assert stage["extra"]["tokenize_pack"]["parallel_encode"] is False
     manifest = validate_shards(run / "shards")
     assert manifest.documents == 160 and all(c.ok for c in verify_run(run))
     tok = K.load_tokenizer(str(tok_dir))

@@ -713,6 +713,10 @@ class RayEngine:
         frame.write_datasink(sink)
         return sink.results
 
+    def count_parts(self, frame: Any) -> int | None:
+        # A Dataset's write tasks follow its blocks, which are known only as it runs.
+        return len(frame.groups) if isinstance(frame, FileFrame) else None
+
     def map_files(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
         return _run_tasks(fn, items, "KilnFiles")
 
