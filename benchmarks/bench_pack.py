@@ -11,8 +11,9 @@ Measured, on the same documents (real Chinese and English text from ../shared/da
 2. kiln in process, the executor's per-worker kernels in order (`encode_batch_table`,
    `group_token_table`, `write_token_file`, then `plan_shards` and `pack_shard` per shard);
 3. kiln end to end: `kiln run` of a one-stage config through Ray (stage wall time, reading
-   and writing the stage's rows included), with one encoder thread per Ray worker (the
-   default) and with `parallel_encode: true` (the Rust thread pool in every worker);
+   and writing the stage's rows included), with `parallel_encode` unset (the default: the
+   Rust thread pool when the encode pass has fewer tasks than CPUs, as this one input file
+   gives), `false` (one encoder thread per Ray worker) and `true` (the pool in every worker);
 4. the non-padding fraction and the share of documents cut, per mode and seq_len.
 
 Run: `make bench-pack` (or `python benchmarks/bench_pack.py --help`). Prints Markdown tables
@@ -145,7 +146,7 @@ def pack_only(folder: Path, files, out: Path, mode: str, seq_len: int, shard_tok
             "documents_split_fraction": sum(r.documents_split for r in results) / docs, "sequences": total // seq_len}
 
 
-def end_to_end(folder: Path, work: Path, docs: list[str], sources: list[str], seq_len: int, parallel: bool,
+def end_to_end(folder: Path, work: Path, docs: list[str], sources: list[str], seq_len: int, parallel: bool | None,
                num_cpus: int) -> dict:
     """`kiln run` in a subprocess (a fresh Ray), one stage: tokenize_pack."""
     data = work / "e2e.jsonl"
@@ -153,13 +154,15 @@ def end_to_end(folder: Path, work: Path, docs: list[str], sources: list[str], se
         with open(data, "w") as f:
             for i, (text, source) in enumerate(zip(docs, sources)):
                 f.write(json.dumps({"id": str(i), "text": text, "source": source}, ensure_ascii=False) + "\n")
-    run = work / f"run-{'parallel' if parallel else 'single'}"
+    run = work / f"run-{ {None: 'default', False: 'single', True: 'parallel'}[parallel]}"
     shutil.rmtree(run, ignore_errors=True)
     config = {"run": {"name": "bench-pack", "output": str(run)},
               "ray": {"num_cpus": num_cpus, "object_store_memory": "500MB", "batch_size": 1024},
               "inputs": [{"path": str(data)}],
               "stages": [{"name": "pack", "ops": [{"tokenize_pack": {"tokenizer": str(folder), "seq_len": seq_len,
                                                                    "parallel_encode": parallel}}]}]}
+    if parallel is None:
+        del config["stages"][0]["ops"][0]["tokenize_pack"]["parallel_encode"]
     import yaml
 
     (work / "e2e.yaml").write_text(yaml.safe_dump(config))
@@ -170,7 +173,8 @@ def end_to_end(folder: Path, work: Path, docs: list[str], sources: list[str], se
     wall = time.perf_counter() - started
     stage = json.loads((run / "01-pack/stats.json").read_text())
     extra = stage["extra"]["tokenize_pack"]
-    return {"parallel_encode": parallel, "command_seconds": wall, "stage_seconds": stage["seconds"],
+    return {"parallel_encode": parallel, "used_parallel_encode": extra.get("parallel_encode"),
+            "encode_tasks": extra.get("encode_tasks"), "command_seconds": wall, "stage_seconds": stage["seconds"],
             "op_seconds": extra["wall_seconds"], "phase_seconds": extra.get("phase_seconds", {}),
             "content_tokens": extra["content_tokens"], "non_padding_fraction": extra["non_padding_fraction"]}
 
@@ -231,13 +235,13 @@ def main() -> int:
             wall = time.perf_counter()
             kiln_in_process(folder, table, args.batch, params, work / "in-process")
             in_process = time.perf_counter() - wall
-            row = end_to_end(folder, work, docs, sources, args.seq_len, False, args.num_cpus)
+            row = end_to_end(folder, work, docs, sources, args.seq_len, None, args.num_cpus)
             rounds.append({"in_process_seconds": in_process, **row})
-        for parallel in (False, True):
-            if parallel:
-                row = end_to_end(folder, work, docs, sources, args.seq_len, parallel, args.num_cpus)
-            else:
+        for parallel in (None, False, True):
+            if parallel is None:
                 row = dict(sorted(rounds, key=lambda r: r["op_seconds"])[len(rounds) // 2])  # the median round
+            else:
+                row = end_to_end(folder, work, docs, sources, args.seq_len, parallel, args.num_cpus)
             row["tokens_per_s_stage"] = base_tokens / row["stage_seconds"]
             row["tokens_per_s_op"] = base_tokens / row["op_seconds"]
             e2e.append(row)
@@ -260,7 +264,9 @@ def main() -> int:
           f"{results['kiln_tokens_per_s']:,.0f} | {results['ratio']:.2f}x / {results['ratio_median']:.2f}x / "
           f"{results['ratio_cpu']:.2f}x |")
     for row in e2e:
-        threads = "every core per worker" if row["parallel_encode"] else "one thread per worker"
+        threads = {None: f"parallel_encode unset ({row['encode_tasks']} encode task(s): "
+                         f"{'pool' if row['used_parallel_encode'] else 'one thread'})",
+                   False: "one thread per worker", True: "every core per worker"}[row["parallel_encode"]]
         print(f"| kiln run through Ray, encoder {threads}: operator / whole stage | "
               f"{row['op_seconds']:.2f} / {row['stage_seconds']:.2f} | | {row['tokens_per_s_op']:,.0f} / "
               f"{row['tokens_per_s_stage']:,.0f} | {base_best / row['op_seconds']:.2f}x / "

@@ -81,9 +81,11 @@ class TokenizePackParams(Params):
         None, description="column or meta key: number of leading characters of a document not trained on")
     shuffle: bool = Field(True, description="shuffle the sequences inside each shard (seeded)")
     seed: int = 0
-    parallel_encode: bool = Field(
-        False, description="let the Rust encoder use every core inside each Ray worker; off: one thread per "
-                           "worker, as Ray already runs one worker per CPU (faster in docs/benchmarks.md)")
+    parallel_encode: bool | None = Field(
+        None, description="let the Rust encoder use every core inside each worker; off: one thread per worker, "
+                          "as the engine already runs one task per CPU; unset: on when the encode pass has "
+                          "fewer tasks than the cluster has CPUs (a few big input files), off otherwise "
+                          "(docs/benchmarks.md)")
 
     @model_validator(mode="after")
     def _sizes(self) -> TokenizePackParams:

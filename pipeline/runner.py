@@ -424,7 +424,13 @@ class Runner:
         return st
 
     def _execute(self, index: int, stage: StageSpec, tmp_dir: Path, num_cpus: int):
-        from pipeline.global_ops import BatchOverlay, GlobalContext, get_executor, reads_files
+        from pipeline.global_ops import (
+            BatchOverlay,
+            GlobalContext,
+            get_executor,
+            reads_files,
+            reads_once,
+        )
 
         engine = self.engine
         analyze = self.request.analyze
@@ -487,9 +493,10 @@ class Runner:
             elif start:
                 ds = engine.map_operators(ds, [], batch_size, analyze, start=True)
                 start, files_dir = False, None
-            if files_dir is None or (overlays and not reads_files(op.name)):
+            if (files_dir is None or (overlays and not reads_files(op.name))) and not reads_once(op.name):
                 # A global operator reads its input more than once: from disk, and operators
-                # other than the file readers get the rows kept so far only.
+                # other than the file readers get the rows kept so far only. One that reads
+                # it once (tokenize_pack) takes the rows as they come, in the same tasks.
                 ds = write(ds, segment, final=False)
                 segment += 1
                 files_dir, overlays = segment_dirs[-1], []

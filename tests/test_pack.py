@@ -361,6 +361,8 @@ def test_run_writes_shards_a_trainer_can_read(tmp_path, tok_dir, docs, run_confi
     assert rows.column("stat.tokens").to_numpy().min() > 0
     extra = stage["extra"]["tokenize_pack"]
     assert extra["shards"] == len(manifest.shards) and extra["non_padding_fraction"] > 0.99
+    # One input file, one encode task on 2 CPUs: the encoder's thread pool uses the idle one.
+    assert extra["encode_tasks"] == 1 and extra["parallel_encode"] is True
 
     assert main(["inspect", str(run), "--rows", "2"]) == 0
     out = capsys.readouterr().out
@@ -399,3 +401,53 @@ def test_analyze_writes_no_shards_and_bad_tokenizer_is_one_line(tmp_path, tok_di
     assert not (run / "analyze" / "shards").exists() and not list((run / "analyze").glob("*/shards"))
     with pytest.raises(KilnError, match=r"tokenize_pack.tokenizer: .*does not exist"):
         run_config(pack_config(tmp_path / "docs.jsonl", tmp_path / "none"))
+
+
+@pytest.mark.ray
+def test_ray_encodes_in_the_read_tasks_without_a_scratch_copy(tmp_path, tok_dir, docs, run_config, monkeypatch):
+    """tokenize_pack on Ray: the encode pass is one plain task per group of input files (the
+    tasks that read them: no Ray Data pass, no scratch copy of the rows written first), parts
+    numbered in group order, and the shards hold every kept document once, in input order."""
+    import pipeline.engines.ray as ray_engine
+    from pipeline.verify import verify_run
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    texts = docs[:160]
+    for f in range(4):
+        with open(folder / f"part-{f}.jsonl", "w") as out:
+            for i in range(f * 40, f * 40 + 40):
+                out.write(json.dumps({"id": f"d{i}", "text": texts[i], "bucket": i % 2}, ensure_ascii=False) + "\n")
+            out.write(json.dumps({"id": f"blank{f}", "text": "  "}) + "\n")  # rejected by the reader
+    calls, writes = [], []
+    run_tasks, write_stage = ray_engine._run_tasks, ray_engine.RayEngine.write_stage
+
+    def spy_tasks(fn, items, name):
+        results = run_tasks(fn, items, name)
+        calls.append((name, len(items), results))
+        return results
+
+    def spy_write(self, frame, data_dir, *args, **kwargs):
+        writes.append(Path(data_dir).name)
+        return write_stage(self, frame, data_dir, *args, **kwargs)
+
+    monkeypatch.setattr(ray_engine, "_run_tasks", spy_tasks)
+    monkeypatch.setattr(ray_engine.RayEngine, "write_stage", spy_write)
+    monkeypatch.setattr(ray_engine, "MIN_READ_BYTES", 1)  # a read group per file, small as they are
+    stats, run = run_config(pack_config(folder, tok_dir, seq_len=128, shard_tokens=2000, shuffle=False))
+
+    name, tasks, results = calls[0]  # the encode pass, before anything was written
+    assert (name, tasks) == ("KilnStage", 4)
+    assert [r["file"] for r in results] == [f"part-{i:05d}.arrow" for i in range(4)]
+    assert writes == ["data"]  # the stage's final write only: no scratch segment
+    stage = stats["stages"][0]
+    assert stage["docs_in"] == 164 and stage["docs_out"] == 160 and stage["rejected"] == {"read/empty_text": 4}
+    assert stage["bytes_in"] == sum(len(t.encode()) for t in texts) + 8
+    # As many encode tasks as CPUs or more: one encoder thread each.
+    assert stage["extra"]["tokenize_pack"]["parallel_encode"] is False
+    manifest = validate_shards(run / "shards")
+    assert manifest.documents == 160 and all(c.ok for c in verify_run(run))
+    tok = K.load_tokenizer(str(tok_dir))
+    for bucket in range(2):
+        tables = [table for info, table in iter_shards(run / "shards", manifest) if info.bucket == bucket]
+        assert decode_docs(tok, pa.concat_tables(tables)) == texts[bucket::2]

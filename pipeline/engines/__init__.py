@@ -73,6 +73,10 @@ class Engine(Protocol):
     def write_parts(self, frame: Any, fn: PartWriter) -> list[Any]:
         """`fn` over each write task's tables; their small results, in task order."""
 
+    def count_parts(self, frame: Any) -> int | None:
+        """How many tasks `write_parts` runs over the frame, where that is known before it
+        runs (None otherwise)."""
+
     # --- exchanges for global operators
     def map_files(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
         """`fn(*item)` for every item, in parallel (a task per item, or a run of items per task

@@ -1,12 +1,14 @@
-"""The Ray engine: a stage as one streaming Ray Data pass (pipeline/engines/__init__.py says what
-an engine provides; pipeline/runner.py runs the stages through it).
+"""The Ray engine: a stage as one pass of tasks over its rows (pipeline/engines/__init__.py says
+what an engine provides; pipeline/runner.py runs the stages through it).
 
-One stage is one streaming Ray Data pass: read (the inputs for stage 1, the previous stage's
-`data/` otherwise), the operators in order, and a writer that sends kept rows to `data/` and
-rejected rows to `rejected/`, counting as it goes. A global operator splits a stage into
-segments: the rows so far are written to the stage's scratch folder, the operator's executor
-reads them (as often as it needs) and its output is written again before the stage goes on,
-unless it leaves its decisions as an overlay of the same files (pipeline/global_ops).
+One stage is one pass: read (the inputs for stage 1, the previous stage's `data/` otherwise),
+the operators in order, and a writer that sends kept rows to `data/` and rejected rows to
+`rejected/`, counting as it goes; one plain Ray task per group of files (`FileFrame`) where
+the operators ask for nothing but a CPU, a streaming Ray Data pass otherwise. A global
+operator splits a stage into segments: the rows so far are written to the stage's scratch
+folder, the operator's executor reads them (as often as it needs) and its output is written
+again before the stage goes on, unless it leaves its decisions as an overlay of the same files
+or reads the rows once, as they come (tokenize_pack; pipeline/global_ops).
 
 Per-batch operators become `map_batches` calls: plain tasks (which Ray fuses), models loaded
 once per worker process, or an actor pool for GPU operators, with the CPUs, GPUs, memory and
@@ -274,10 +276,11 @@ def _file_groups_dataset(groups: list[list[Any]], sizes: list[int], read: Callab
 @dataclass(frozen=True)
 class FileFrame:
     """Rows that one plain task per file group makes on its own: read the group, then apply
-    per-batch functions in order. `RayEngine.write_stage` runs read, operators and write in
-    that one task (the shape of a Spark `mapInArrow` partition): no Ray Data operator per
-    step, no block handed through the object store between them, which cost kiln's per-batch
-    stages more than their operators did (docs/benchmarks.md). Anything else (a shuffle, a
+    per-batch functions in order. `RayEngine.write_stage` (and `write_parts`, tokenize_pack's
+    encode pass) runs read, operators and write in that one task (the shape of a Spark
+    `mapInArrow` partition): no Ray Data operator per step, no block handed through the
+    object store between them, which cost kiln's per-batch stages more than their operators
+    did (docs/benchmarks.md). Anything else (a shuffle, a
     join, an actor pool, an iteration) gets the same rows as a Ray Dataset (`dataset()`);
     attributes of a Dataset are looked up there."""
 
@@ -325,6 +328,14 @@ def _write_group(index: int, group: Any, read: Callable[[Any], Iterable[pa.Table
             progress.add.remote(rows, text_bytes)
     return write_split_part(_frame_batches(group, read, steps), f"{prefix}-{index:05d}.parquet", data_dir,
                             rejected_dir, count_would_reject, on_block)
+
+
+def _write_part(index: int, group: Any, read: Callable[[Any], Iterable[pa.Table]],
+                steps: tuple[tuple[Callable[[pa.Table], pa.Table], int], ...],
+                fn: Callable[[Iterator[pa.Table], int], Any]) -> Any:
+    """One task of a `FileFrame`'s `write_parts`: `fn` over its group's batches, the group's
+    number as the part (unique, and the same when a failed task is retried)."""
+    return fn(_frame_batches(group, read, steps), index)
 
 
 def _run_tasks(fn: Callable[..., Any], items: list[tuple[Any, ...]], name: str) -> list[Any]:
@@ -694,10 +705,17 @@ class RayEngine:
 
     def write_parts(self, frame: Any, fn: Callable[[Iterator[pa.Table], int], Any]) -> list[Any]:
         if isinstance(frame, FileFrame):
-            frame = frame.dataset()
+            # As `write_stage`: one plain task per file group reads, maps and hands its batches
+            # to `fn` (tokenize_pack's encode pass), no Ray Data pass in between.
+            task = functools.partial(_write_part, read=frame.read_group, steps=frame.steps, fn=fn)
+            return _run_tasks(task, list(enumerate(frame.groups)), "KilnStage")
         sink = _parts_sink(fn)
         frame.write_datasink(sink)
         return sink.results
+
+    def count_parts(self, frame: Any) -> int | None:
+        # A Dataset's write tasks follow its blocks, which are known only as it runs.
+        return len(frame.groups) if isinstance(frame, FileFrame) else None
 
     def map_files(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
         return _run_tasks(fn, items, "KilnFiles")

@@ -309,6 +309,9 @@ class SparkEngine:
         rows = frame.df.mapInArrow(task, "result binary").collect()
         return [pickle.loads(row.result) for row in rows]
 
+    def count_parts(self, frame: SparkFrame) -> int | None:
+        return frame.df.rdd.getNumPartitions()
+
     def write_stage(self, frame: SparkFrame, data_dir: Path, rejected_dir: Path, prefix: str, count_would_reject: bool,
                     progress: Any) -> dict[str, Any]:
         from pipeline.runner import write_split_part

@@ -7,7 +7,7 @@ groupbys and aggregations; on either engine, the gathered form below. Never by c
 the corpus on the driver.
 
 An executor receives the stage's rows so far (already on disk, so it may read them more than
-once) as the engine's frame and returns a frame with the same rows, the ones it drops marked with `reject_op`,
+once; as they come, rejected rows included, for one that reads them once: `reads_once`) as the engine's frame and returns a frame with the same rows, the ones it drops marked with `reject_op`,
 `reject_reason` and `reject_detail` (use `mark_rejected`). Statistics for the report go into
 `ctx.extra`. Every module in this package is imported on first lookup.
 
@@ -60,6 +60,11 @@ _EXECUTORS: dict[str, Executor] = {}
 # Executors that read their input only through the files and `ctx.overlays` (never the rows
 # of `ds`), so they can take a stage's rows without a scratch copy written first.
 _READS_FILES: set[str] = set()
+# Executors that read `ds` once, in one pass (`Engine.write_parts`), and hand back every row
+# they were given, leaving rows an earlier operator rejected as they are: they can take the
+# stage's rows as they come (read, stage start, per-batch operators, rejected rows included),
+# with no scratch copy written first, which only operators reading their input again need.
+_READS_ONCE: set[str] = set()
 _discovered = False
 
 
@@ -109,11 +114,13 @@ class GlobalContext:
         return max(2, 2 * self.num_cpus)
 
 
-def global_executor(name: str, reads_files: bool = False) -> Callable[[Executor], Executor]:
+def global_executor(name: str, reads_files: bool = False, reads_once: bool = False) -> Callable[[Executor], Executor]:
     def decorate(fn: Executor) -> Executor:
         _EXECUTORS[name] = fn
         if reads_files:
             _READS_FILES.add(name)
+        if reads_once:
+            _READS_ONCE.add(name)
         return fn
 
     return decorate
@@ -124,6 +131,13 @@ def reads_files(name: str) -> bool:
     `ctx.overlays` only (see `_READS_FILES`)."""
     get_executor(name)
     return name in _READS_FILES
+
+
+def reads_once(name: str) -> bool:
+    """Whether the executor of `name` reads `ds` once and passes every row through (see
+    `_READS_ONCE`)."""
+    get_executor(name)
+    return name in _READS_ONCE
 
 
 def get_executor(name: str) -> Executor:

@@ -1,11 +1,15 @@
 """Executor of `tokenize_pack` (Ray and Spark engines): encode on the workers, plan on the driver from small totals,
 pack and write shards on the workers, write the manifest on the driver.
 
-1. Encode: a write of the stage's rows (`Engine.write_parts`, pipeline/engines/__init__.py). Each write task
-   encodes its blocks (the `tokenizers` encoder is loaded once per worker process), writes
-   the rows with `stat.tokens` (documents without tokens rejected as `no_tokens`) to
-   `work/rows/`, and the token lists sorted by (bucket, source) to one Arrow file in
-   `work/tokens/`, and returns only per-group totals.
+1. Encode: one pass over the stage's rows (`Engine.write_parts`, pipeline/engines/__init__.py),
+   in the tasks that read them: on Ray one plain task per group of files, on Spark one
+   `mapInArrow` partition. The runner hands the rows over as they come (read, stage start,
+   per-batch operators; `reads_once`), not a scratch copy written first: this executor reads
+   them once, and rows rejected earlier in the stage pass through untouched. Each task encodes
+   its batches (the `tokenizers` encoder is loaded once per worker process), writes the rows
+   with `stat.tokens` (documents without tokens rejected as `no_tokens`) to `work/rows/`, and
+   the token lists sorted by (bucket, source) to one Arrow file in `work/tokens/`, and
+   returns only per-group totals.
 2. Plan: `plan_shards` cuts every group's stream into shard ranges from those totals.
 3. Pack: one task per shard (`Engine.map_files`) reads the token ranges it needs (memory-mapped),
    packs them and writes its shard into the stage's `shards/`, returning the ShardInfo.
@@ -56,14 +60,15 @@ PARALLELISM = "TOKENIZERS_PARALLELISM"
 
 
 def _encode_part(tables: Any, part: int, rows_dir: Path, token_dir: Path, op: TokenizePack, tokenizer_dir: str,
-                 special: SpecialIds, analyze: bool, batch_size: int) -> dict[str, Any]:
-    """First pass, one write task of the engine (`Engine.write_parts`): encode its rows, write
-    them with `stat.tokens` and its token file, return the per-group totals. Files are named by
-    the task's number, so a retried task overwrites its own output."""
+                 special: SpecialIds, analyze: bool, batch_size: int, parallel: bool) -> dict[str, Any]:
+    """First pass, one write task of the engine (`Engine.write_parts`): encode its rows (those
+    not rejected already), write all of them with `stat.tokens` and its token file, return the
+    per-group totals. Files are named by the task's number (`part`, unique in the pass), so a
+    retried task overwrites its own output."""
     # `tokenizers` reads this at every batch call; restored so that other work in this
     # (reused) worker process is not affected.
     previous = os.environ.get(PARALLELISM)
-    os.environ[PARALLELISM] = "true" if op.params.parallel_encode else "false"
+    os.environ[PARALLELISM] = "true" if parallel else "false"
     try:
         tokenizer = load_tokenizer(tokenizer_dir)
         row_parts, token_parts = [], []
@@ -121,7 +126,7 @@ def _add(into: dict[str, int], key: Any, value: int) -> None:
     into[str(key)] = into.get(str(key), 0) + int(value)
 
 
-@global_executor("tokenize_pack")
+@global_executor("tokenize_pack", reads_once=True)
 def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
     import functools
 
@@ -144,9 +149,15 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
 
     rows_dir, token_dir = ctx.work_dir / "rows", ctx.work_dir / "tokens"
     engine = ctx.get_engine()
+    parts = engine.count_parts(ds)
+    parallel = params.parallel_encode
+    if parallel is None:
+        # One encoder thread per task, as the engine runs a task per CPU; with fewer tasks
+        # than CPUs (one big input file is one task) the Rust thread pool uses the idle cores.
+        parallel = parts is not None and parts < ctx.num_cpus
     encode = functools.partial(_encode_part, rows_dir=rows_dir, token_dir=token_dir, op=op,
                                tokenizer_dir=str(tokenizer_dir), special=special, analyze=ctx.analyze,
-                               batch_size=ctx.batch_size)
+                               batch_size=ctx.batch_size, parallel=parallel)
     phases: dict[str, float] = {}  # seconds per phase, for stats.json and the benchmark
     phase_started = time.perf_counter()
     results = engine.write_parts(ds, encode)
@@ -168,6 +179,7 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
             truncated += g["truncated"]
     content = sum(by_bucket.values())
     ctx.extra.update({"mode": params.mode, "seq_len": params.seq_len, "documents": documents,
+                      "encode_tasks": parts, "parallel_encode": parallel,
                       "content_tokens": content, "truncated_tokens": truncated,
                       "tokens_by_bucket": by_bucket, "tokens_by_source": by_source, "tokens_by_lang": by_lang})
     if ctx.analyze:
