@@ -70,9 +70,11 @@ def _composes_with_previous() -> np.ndarray:
     return seconds
 
 
-# Below this much text a process that has not built the tables yet takes the definition's
-# passes: building them costs about 1.4 CPU seconds, the passes about 25 per GB.
+# Until a process has normalized this much text it takes the definition's passes: building
+# the tables costs about 1.4 CPU seconds, the passes about 25 per GB, so a small corpus (the
+# demo's) never pays for them and a large one pays once per worker.
 _WORTH_TABLES_BYTES = 64 << 20
+_bytes_seen = 0
 
 
 @functools.lru_cache(maxsize=8)
@@ -247,15 +249,17 @@ def _normalize(data: np.ndarray, offsets: np.ndarray, direct: np.ndarray, values
 def normalize(texts: pa.Array, params: ExactDedupParams, compiled: bool | None = None) -> pa.Array:
     """`normalize_for_exact(texts, params)`, the same strings (large_string), by table lookups
     for the documents whose code points allow it and Arrow's passes for the rest. `compiled`:
-    always (True) or never (False) the tables; by default not for a little text in a process
-    that has not built them."""
+    always (True) or never (False) the tables; by default once the process has seen
+    `_WORTH_TABLES_BYTES` of text."""
     texts = pc.fill_null(texts, "")
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     separator, collapse, space = _separator_pattern(params)
     data, offsets = string_buffers(texts)
+    global _bytes_seen
+    _bytes_seen += len(data)
     if compiled is None:
-        compiled = len(data) >= _WORTH_TABLES_BYTES or tables.cache_info().currsize > 0
+        compiled = _bytes_seen >= _WORTH_TABLES_BYTES
     if not compiled:
         return normalize_for_exact(texts, params).cast(pa.large_string())
     direct, values, starts, flags = tables(params.lowercase, params.unicode_form, separator)
