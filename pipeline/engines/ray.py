@@ -388,9 +388,11 @@ class ActorClaims:
     actor: Any
 
     def claim(self, ids: list[str]) -> dict[int, str]:
-        import ray
-
-        return ray.get(self.actor.claim.remote(ids))
+        # Waited for through the reference's future, not `ray.get`: a task blocked in
+        # `ray.get` hands its CPU back, so Ray starts another read task in its place (each
+        # a new worker process with its own start-up), and a stage of many files ended up
+        # running several tasks per CPU.
+        return self.actor.claim.remote(ids).future().result()
 
 
 def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int):
