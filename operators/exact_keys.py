@@ -17,7 +17,11 @@ the one before) takes the Arrow passes instead, so every key equals the definiti
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import unicodedata
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -71,15 +75,50 @@ def _composes_with_previous() -> np.ndarray:
 
 
 # Until a process has normalized this much text it takes the definition's passes: building
-# the tables costs about 1.4 CPU seconds, the passes about 25 per GB, so a small corpus (the
-# demo's) never pays for them and a large one pays once per worker.
-_WORTH_TABLES_BYTES = 64 << 20
+# the tables costs about 1.4 CPU seconds the first time on a machine (then they are loaded
+# from its cache folder), the passes about 25 per GB, so a small corpus (the demo's) never
+# needs them.
+_WORTH_TABLES_BYTES = 16 << 20
 _bytes_seen = 0
+# Bumped whenever what the tables hold changes, so that no older cached file is read.
+_TABLES_FORMAT = 1
+_TABLE_NAMES = ("direct", "values", "starts", "flags")
+
+
+def _cache_file(lowercase: bool, unicode_form: str, separator: str | None) -> Path:
+    """Where this machine keeps the tables of these options: they depend on Arrow's Unicode
+    data and Python's, so both versions are part of the name."""
+    key = json.dumps([_TABLES_FORMAT, pa.__version__, unicodedata.unidata_version, lowercase, unicode_form,
+                      separator])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kiln" / f"exact-tables-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
 @functools.lru_cache(maxsize=8)
 def tables(lowercase: bool, unicode_form: str,
            separator: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`build_tables`, from this machine's cache folder when an earlier process built them
+    (an unreadable or unwritable cache is only slower)."""
+    path = _cache_file(lowercase, unicode_form, separator)
+    try:
+        with np.load(path) as cached:
+            return tuple(cached[name] for name in _TABLE_NAMES)
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    built = build_tables(lowercase, unicode_form, separator)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(partial, "wb") as handle:
+            np.savez(handle, **dict(zip(_TABLE_NAMES, built)))
+        os.replace(partial, path)  # whole or not at all, whichever process writes last
+    except OSError:
+        pass
+    return built
+
+
+def build_tables(lowercase: bool, unicode_form: str,
+                 separator: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What each code point becomes after NFKC and lowercasing (`direct[c]` when it is one
     code point, else the run `values[starts[c]:starts[c + 1]]`), and each code point's flags,
     from Arrow's own functions applied to every code point on its own.

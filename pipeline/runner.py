@@ -93,10 +93,10 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claim
     pending: tuple[pa.Table, Any, float] | None = None
 
     def finish(table: pa.Table, reply: Any, seconds: float) -> pa.Table:
-        import ray
-
         started = time.perf_counter()
-        table = make_unique(table, lambda _: ray.get(reply))
+        # The reply's future, not `ray.get`: a task blocked in `ray.get` hands its CPU back
+        # and Ray starts another read task in its place, more tasks than CPUs.
+        table = make_unique(table, lambda _: reply.future().result())
         per_row = (seconds + time.perf_counter() - started) / max(1, table.num_rows)
         return table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
 

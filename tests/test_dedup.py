@@ -165,6 +165,25 @@ def test_compiled_exact_normalization_equals_the_arrow_definition(shared_data, o
     assert (high[0], low[0]) == kernels.hash128(pa.array(expected[:1]))
 
 
+def test_exact_tables_come_back_from_the_machine_cache_equal(tmp_path, monkeypatch):
+    from operators import exact_keys
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    options = (True, "NFKC", r"[\p{P}\p{S}\s]")
+    exact_keys.tables.cache_clear()
+    built = exact_keys.tables(*options)
+    cache_file = exact_keys._cache_file(*options)
+    assert cache_file.is_file() and cache_file.parent == tmp_path / "kiln"
+    exact_keys.tables.cache_clear()
+    loaded = exact_keys.tables(*options)
+    assert all(np.array_equal(a, b) for a, b in zip(built, loaded))
+    cache_file.write_bytes(b"not a table")  # a broken file is rebuilt, not trusted
+    exact_keys.tables.cache_clear()
+    rebuilt = exact_keys.tables(*options)
+    assert all(np.array_equal(a, b) for a, b in zip(built, rebuilt))
+    exact_keys.tables.cache_clear()
+
+
 def test_url_normalization():
     params = UrlDedupParams()
     same = ["https://www.Example.com/a/b/?utm_source=x&b=2&a=1#top", "http://example.com:80/a/b?a=1&b=2",
