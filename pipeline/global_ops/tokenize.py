@@ -11,8 +11,9 @@ pack and write shards on the workers, write the manifest on the driver.
    the token lists sorted by (bucket, source) to one Arrow file in `work/tokens/`, and
    returns only per-group totals.
 2. Plan: `plan_shards` cuts every group's stream into shard ranges from those totals.
-3. Pack: one task per shard (`Engine.map_files`) reads the token ranges it needs (memory-mapped),
-   packs them and writes its shard into the stage's `shards/`, returning the ShardInfo.
+3. Pack: a task per shard, or per run of shards when there are many (`Engine.map_files`), reads
+   the token ranges it needs (memory-mapped), packs them and writes each shard into the
+   stage's `shards/`, returning the ShardInfo.
 4. Manifest: the driver adds up the shard infos and group totals into `shards/manifest.json`
    and copies the tokenizer into `shards/tokenizer/` (an AutoTokenizer folder).
 
@@ -190,9 +191,9 @@ def run_tokenize_pack(op: TokenizePack, ds: Any, ctx: GlobalContext) -> Any:
     plans = plan_shards(files, params.seq_len, params.mode, params.shard_tokens)
     results = []
     if plans:
-        # One plain task per shard (`map_files`): a handful of tasks whose inputs are small
-        # plans, so a Ray Data pipeline (its executor start, blocks and stats) would only add
-        # fixed cost.
+        # Plain tasks (`map_files`: a task per shard, or runs of shards when there are many)
+        # whose inputs are small plans; a Ray Data pipeline (its executor start, blocks and
+        # stats) would only add fixed cost.
         pack = functools.partial(_pack_one, token_dir=str(token_dir), shards_dir=str(shards_dir),
                                  seq_len=params.seq_len, mode=params.mode, pad_id=special.pad,
                                  shuffle=params.shuffle, seed=params.seed)
