@@ -104,27 +104,34 @@ class CodePoints:
 
     def count(self, pattern: str) -> np.ndarray:
         """Characters of each text that the single-character class `pattern` matches."""
-        points = self.points
-        basic = points < 0x10000
-        # One spare element, so that a segment start equal to the end still indexes.
-        hits = np.zeros(len(points) + 1, dtype=bool)
-        if basic.all():
-            hits[:-1] = _bmp_members(pattern)[points]
-        else:
-            hits[:-1][basic] = _bmp_members(pattern)[points[basic]]
-        if not basic.all():
-            astral = points[~basic]
-            distinct = np.unique(astral)
-            matched = pc.match_substring_regex(pa.array([chr(c) for c in distinct.tolist()], pa.string()),
-                                               pattern).to_numpy(zero_copy_only=False)
-            hits[:-1][~basic] = matched[np.searchsorted(distinct, astral)]
         if len(self.starts) == 0:
             return np.zeros(0, dtype=np.int64)
+
+        def astral_members(distinct: np.ndarray) -> np.ndarray:
+            chars = pa.array([chr(c) for c in distinct.tolist()], pa.string())
+            return pc.match_substring_regex(chars, pattern).to_numpy(zero_copy_only=False)
+
+        # One spare element, so that a segment start equal to the end still indexes.
+        hits = np.append(_members(self.points, _bmp_members(pattern), astral_members), False)
         # Per-text sums without a running total of every code point; reduceat gives an
         # empty text its start element, hence the mask.
         counts = np.add.reduceat(hits, self.starts, dtype=np.int64)
         counts[self.lengths == 0] = 0
         return counts
+
+
+def _members(points: np.ndarray, bmp: np.ndarray, astral_members) -> np.ndarray:
+    """Per code point, membership of a class: `bmp` looked up for the Basic Multilingual
+    Plane, `astral_members(distinct code points)` asked once per distinct code point above it."""
+    basic = points < 0x10000
+    if basic.all():
+        return bmp[points]
+    hits = np.zeros(len(points), dtype=bool)
+    hits[basic] = bmp[points[basic]]
+    astral = points[~basic]
+    distinct = np.unique(astral)
+    hits[~basic] = astral_members(distinct)[np.searchsorted(distinct, astral)]
+    return hits
 
 
 @cache
@@ -144,13 +151,8 @@ def longest_alnum_runs(points: CodePoints) -> np.ndarray:
     codes = points.points
     if len(codes) == 0:
         return out
-    alnum = np.zeros(len(codes), dtype=bool)
-    basic = codes < 0x10000
-    alnum[basic] = _bmp_alnum()[codes[basic]]
-    if not basic.all():
-        distinct = np.unique(codes[~basic])
-        flags = np.array([chr(c).isalnum() for c in distinct.tolist()], dtype=bool)
-        alnum[~basic] = flags[np.searchsorted(distinct, codes[~basic])]
+    alnum = _members(codes, _bmp_alnum(),
+                     lambda distinct: np.array([chr(c).isalnum() for c in distinct.tolist()], dtype=bool))
     _longest_runs(codes, alnum, points.starts, points.lengths, out)
     return out
 

@@ -285,22 +285,19 @@ def _normalize(data: np.ndarray, offsets: np.ndarray, direct: np.ndarray, values
     return np.flatnonzero(left)
 
 
-def normalize(texts: pa.Array, params: ExactDedupParams, compiled: bool | None = None) -> pa.Array:
-    """`normalize_for_exact(texts, params)`, the same strings (large_string), by table lookups
-    for the documents whose code points allow it and Arrow's passes for the rest. `compiled`:
-    always (True) or never (False) the tables; by default once the process has seen
-    `_WORTH_TABLES_BYTES` of text."""
-    texts = pc.fill_null(texts, "")
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
+def _compiled_or_definition(texts: pa.Array, params: ExactDedupParams,
+                            compiled: bool | None) -> tuple[pa.Array, np.ndarray]:
+    """(the texts normalized, the indexes of those left to the definition: empty strings in
+    the first). `compiled`: always (True) or never (False) the tables; by default once the
+    process has seen `_WORTH_TABLES_BYTES` of text."""
+    global _bytes_seen
     separator, collapse, space = _separator_pattern(params)
     data, offsets = string_buffers(texts)
-    global _bytes_seen
     _bytes_seen += len(data)
     if compiled is None:
         compiled = _bytes_seen >= _WORTH_TABLES_BYTES
     if not compiled:
-        return normalize_for_exact(texts, params).cast(pa.large_string())
+        return normalize_for_exact(texts, params).cast(pa.large_string()), np.zeros(0, np.int64)
     direct, values, starts, flags = tables(params.lowercase, params.unicode_form, separator)
     # Twice the input holds the output of all but rare documents (NFKC forms of several code
     # points, such as ligatures); those that do not fit are left to the definition.
@@ -310,18 +307,38 @@ def normalize(texts: pa.Array, params: ExactDedupParams, compiled: bool | None =
     scratch = np.empty(2 * longest + 64, dtype=np.int32)
     left = _normalize(data, offsets, direct, values, starts, flags, _DIGITS[params.digits], collapse, space,
                       params.whitespace == "collapse", out, out_offsets, scratch)
-    result = pa.LargeStringArray.from_buffers(len(texts), pa.py_buffer(out_offsets), pa.py_buffer(out[:out_offsets[-1]]))
+    normalized = pa.LargeStringArray.from_buffers(len(texts), pa.py_buffer(out_offsets),
+                                                  pa.py_buffer(out[:out_offsets[-1]]))
+    return normalized, left
+
+
+def _without_nulls(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    texts = pc.fill_null(texts, "")
+    return texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+
+
+def normalize(texts: pa.Array, params: ExactDedupParams, compiled: bool | None = None) -> pa.Array:
+    """`normalize_for_exact(texts, params)`, the same strings (large_string), by table lookups
+    for the documents whose code points allow it and Arrow's passes for the rest (see
+    `_compiled_or_definition` for `compiled`)."""
+    texts = _without_nulls(texts)
+    normalized, left = _compiled_or_definition(texts, params, compiled)
     if len(left) == 0:
-        return result
+        return normalized
     definition = normalize_for_exact(texts.take(pa.array(left)), params).cast(pa.large_string())
-    positions = np.full(len(texts), -1, dtype=np.int64)
-    positions[left] = np.arange(len(left))
-    merged = pa.chunked_array([result, definition]).combine_chunks()
-    # Rows of the fast result, with the left ones taken from the definition's (appended) rows.
-    take = np.where(positions >= 0, len(texts) + positions, np.arange(len(texts)))
-    return merged.take(pa.array(take))
+    # Rows of the compiled result, with the left ones taken from the definition's (appended) rows.
+    take = np.arange(len(texts))
+    take[left] = len(texts) + np.arange(len(left))
+    return pa.chunked_array([normalized, definition]).combine_chunks().take(pa.array(take))
 
 
 def exact_keys(texts: pa.Array, params: ExactDedupParams) -> tuple[np.ndarray, np.ndarray]:
-    """The 128-bit key of each text: xxh3_128 of `normalize_for_exact(text, params)`."""
-    return hash128(normalize(texts, params))
+    """The 128-bit key of each text: xxh3_128 of `normalize_for_exact(text, params)`. The
+    documents left to the definition are hashed on their own, not merged into the batch's
+    strings first (only the keys are wanted)."""
+    texts = _without_nulls(texts)
+    normalized, left = _compiled_or_definition(texts, params, None)
+    high, low = hash128(normalized)
+    if len(left):
+        high[left], low[left] = hash128(normalize_for_exact(texts.take(pa.array(left)), params))
+    return high, low

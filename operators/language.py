@@ -170,8 +170,8 @@ class LanguageId(Filter):
         lines: list[str] = []
         line_langs: list[str | None] = []
         for i, text in enumerate(texts):
-            if NEWLINES.search(text) is None and text.strip() == text.strip(FASTTEXT_SPACE):
-                line = text.strip()
+            line = text.strip()
+            if NEWLINES.search(text) is None and line == text.strip(FASTTEXT_SPACE):
                 if line:
                     owners.append(i)
                     lines.append(line)

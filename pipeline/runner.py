@@ -84,9 +84,10 @@ def _group_by_size(items: list[Any], sizes: list[int], target: int) -> list[list
 
 
 def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claims: Any) -> Iterator[pa.Table]:
-    """Read a group of input files batch by batch, ids made unique (pipeline/ids.py). With an
-    IdClaims actor (`claims`, when several tasks read), each batch's claim is sent before the
-    next batch is read and collected after, so the actor's round trip overlaps the reading;
+    """Read a group of input files batch by batch, ids made unique (pipeline/ids.py). With the
+    stage's claims actor (`claims`, an `ActorClaims`, when several tasks read), each batch's
+    claim is sent before the next batch is read and collected after, so the actor's round trip
+    overlaps the reading;
     with None (one read task holds every input, or the Spark engine's source-closed groups)
     the claims are kept in this task."""
     local = IdClaims() if claims is None else None
@@ -94,9 +95,7 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claim
 
     def finish(table: pa.Table, reply: Any, seconds: float) -> pa.Table:
         started = time.perf_counter()
-        # The reply's future, not `ray.get`: a task blocked in `ray.get` hands its CPU back
-        # and Ray starts another read task in its place, more tasks than CPUs.
-        table = make_unique(table, lambda _: reply.future().result())
+        table = make_unique(table, lambda _: reply.result())
         per_row = (seconds + time.perf_counter() - started) / max(1, table.num_rows)
         return table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
 
@@ -108,7 +107,7 @@ def _read_input_group(group: list[tuple[InputFile, Any]], batch_rows: int, claim
             yield table.append_column(SECONDS_PREFIX + READ_OP, pa.array([per_row] * table.num_rows, pa.float64()))
             continue
         started = time.perf_counter()
-        reply = claims.claim.remote(table.column("id").to_pylist())
+        reply = claims.submit(table.column("id").to_pylist())
         seconds += time.perf_counter() - started
         if pending is not None:
             yield finish(*pending)

@@ -150,7 +150,7 @@ _TRICKY = ["Ｈｅｌｌｏ，ｗｏｒｌｄ！１２３", "wait…  what", "e\
 @pytest.mark.parametrize("options", [{}, {"digits": "zero"}, {"digits": "remove", "whitespace": "remove"},
                                      {"punctuation": "keep"}, {"whitespace": "keep"},
                                      {"lowercase": False, "unicode_form": "none", "digits": "remove"}])
-def test_compiled_exact_normalization_equals_the_arrow_definition(shared_data, options):
+def test_compiled_exact_normalization_equals_the_arrow_definition(shared_data, options, monkeypatch):
     from operators import exact_keys
 
     params = ExactDedupParams(**options)
@@ -163,6 +163,12 @@ def test_compiled_exact_normalization_equals_the_arrow_definition(shared_data, o
     assert exact_keys.normalize(texts, params, compiled=False).to_pylist() == expected
     high, low = exact_keys.exact_keys(texts.slice(0, 240), params)
     assert (high[0], low[0]) == kernels.hash128(pa.array(expected[:1]))
+    # Past the size that pays for the tables: keys of the compiled rows and of the rows left
+    # to the definition (the tricky ones), each equal to the definition's hash.
+    monkeypatch.setattr(exact_keys, "_bytes_seen", exact_keys._WORTH_TABLES_BYTES)
+    high, low = exact_keys.exact_keys(texts, params)
+    want_high, want_low = kernels.hash128(pa.array(expected))
+    assert np.array_equal(high, want_high) and np.array_equal(low, want_low)
 
 
 def test_exact_tables_come_back_from_the_machine_cache_equal(tmp_path, monkeypatch):

@@ -372,9 +372,10 @@ def read_inputs_dataset(config: PipelineConfig, num_cpus: int) -> tuple[Any, Any
     start, no round trip per batch); the caller kills the actor after the stage."""
     groups = input_groups(config, num_cpus)
     sizes = [sum(f.size for f, _ in g) for g in groups]
-    claims = _claims_actor() if len(groups) > 1 else None
-    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size, claims=claims)
-    return _frame(groups, sizes, read, DOC_SCHEMA), claims
+    actor = _claims_actor() if len(groups) > 1 else None
+    read = functools.partial(_read_input_group, batch_rows=config.ray.batch_size,
+                             claims=ActorClaims(actor) if actor is not None else None)
+    return _frame(groups, sizes, read, DOC_SCHEMA), actor
 
 
 def _claims_actor() -> Any:
@@ -387,16 +388,19 @@ def _claims_actor() -> Any:
 
 @dataclass(frozen=True)
 class ActorClaims:
-    """`IdClaims.claim` through the stage's claims actor (for `InputUnit`s)."""
+    """`IdClaims.claim` through the stage's claims actor, for the read tasks of stage 1."""
 
     actor: Any
 
+    def submit(self, ids: list[str]) -> Any:
+        """The claim sent, its reply to come as a `concurrent.futures.Future`. Waited for
+        through the future, never `ray.get`: a task blocked in `ray.get` hands its CPU back,
+        so Ray starts another read task in its place (each a new worker process with its own
+        start-up), and a stage of many files ended up running several tasks per CPU."""
+        return self.actor.claim.remote(ids).future()
+
     def claim(self, ids: list[str]) -> dict[int, str]:
-        # Waited for through the reference's future, not `ray.get`: a task blocked in
-        # `ray.get` hands its CPU back, so Ray starts another read task in its place (each
-        # a new worker process with its own start-up), and a stage of many files ended up
-        # running several tasks per CPU.
-        return self.actor.claim.remote(ids).future().result()
+        return self.submit(ids).result()
 
 
 def read_stage_dataset(folder: str | os.PathLike, batch_rows: int, num_cpus: int):
